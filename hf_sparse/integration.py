@@ -1,0 +1,134 @@
+"""The bridge to Transformers: one attention function and its mask function, registered under ``hf_sparse``.
+
+Transformers 5.x attention modules call
+``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager)(module, q, k, v, mask, ...)``
+with ``q [B, Hq, Lq, D]``, ``k/v [B, Hkv, Lk, D]`` and expect ``(out [B, Lq, Hq, D], weights or None)``.
+The implementation name is config-wide, but the function receives the module, so the sparse settings live
+on each targeted module (:data:`STATE_ATTR`): untargeted modules, cross-attention and modules of another
+model in the same process take the plain SDPA path with their original semantics.
+
+The mask function registered under the same name is Transformers' own ``sdpa_mask``: the model's padding
+and causal masks reach the attention function exactly as they would reach SDPA (boolean, ``True`` =
+attend, or ``None``). Without it Transformers would silently drop padding masks for an unknown name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .config import SparseConfig
+from .kernels import AttentionCall, reference_attention, run_attention
+from .patterns import Dense, MaskContext
+
+IMPLEMENTATION_NAME = "hf_sparse"
+STATE_ATTR = "hf_sparse_state"
+
+# Keyword arguments some attention modules pass that change the math in ways no sparse kernel models.
+_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
+
+
+@dataclass
+class ModuleSparseState:
+    """Sparse settings of one attention module (stored on the module as ``module.hf_sparse_state``).
+
+    Attributes:
+        config: the :class:`SparseConfig` this module follows.
+        module_name: the module's qualified name in its model.
+        image_grid / num_prefix: patch grid and prefix-token count of an image model (for image patterns).
+        last_backend: the kernel that served this module's most recent call (for benchmarks and logs).
+        calls: number of sparse calls served.
+    """
+
+    config: SparseConfig
+    module_name: str
+    image_grid: tuple[int, int] | None = None
+    num_prefix: int | None = None
+    last_backend: str | None = None
+    calls: int = field(default=0)
+
+
+def get_state(module: torch.nn.Module) -> ModuleSparseState | None:
+    """The module's sparse state, or ``None`` if it is not patched."""
+    return getattr(module, STATE_ATTR, None)
+
+
+def _dense_fallback(module, query, key, value, attention_mask, **kwargs) -> tuple[torch.Tensor, Any]:
+    """What the module computed before patching (SDPA), or the dense reference when weights are wanted."""
+    if kwargs.get("output_attentions", False):
+        call = AttentionCall(
+            query=query, key=key, value=value, pattern=Dense(),
+            ctx=MaskContext(query.shape[2], key.shape[2], key.shape[2] - query.shape[2],
+                            causal=_is_causal(module, kwargs.get("is_causal"), query, attention_mask)),
+            attention_mask=attention_mask, scale=kwargs.get("scaling"), dropout_p=kwargs.get("dropout", 0.0),
+            position_bias=kwargs.get("position_bias"), need_weights=True,
+        )
+        out, weights = reference_attention(call)
+        return out.transpose(1, 2).contiguous(), weights
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _is_causal(module, is_causal: bool | None, query: torch.Tensor, attention_mask) -> bool:
+    """Causality as SDPA would apply it: an explicit mask carries it; else the module's flag (and Lq > 1)."""
+    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
+    return bool(causal and attention_mask is None and query.shape[2] > 1)
+
+
+def sparse_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    position_bias: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The function registered in ``AttentionInterface`` under ``"hf_sparse"``.
+
+    Returns ``(out [B, Lq, Hq, Dv], weights [B, Hq, Lq, Lk] or None)``.
+    """
+    state = get_state(module)
+    if state is None:
+        return _dense_fallback(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
+            position_bias=position_bias, **kwargs,
+        )
+    for name in _UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"hf_sparse: module {state.module_name} ({type(module).__name__}) passes {name}={kwargs[name]!r}, "
+                "which no sparse kernel supports; leave this module out of target_modules"
+            )
+    # The pattern's causality is the module's own; with an explicit model mask causality is also in the mask.
+    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
+    q_len, kv_len = query.shape[2], key.shape[2]
+    ctx = MaskContext(
+        q_len=q_len, kv_len=kv_len, q_offset=kv_len - q_len, causal=causal,
+        image_grid=state.image_grid, num_prefix=state.num_prefix,
+    )
+    call = AttentionCall(
+        query=query, key=key, value=value, pattern=state.config.pattern, ctx=ctx,
+        attention_mask=attention_mask, scale=scaling, dropout_p=float(dropout), position_bias=position_bias,
+        need_weights=bool(kwargs.get("output_attentions", False)), block_size=state.config.kernel_block_size,
+    )
+    out, weights, used = run_attention(call, state.config.backend)
+    state.last_backend = used
+    state.calls += 1
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def register() -> None:
+    """Register the attention function and the matching mask function (idempotent)."""
+    AttentionInterface.register(IMPLEMENTATION_NAME, sparse_attention_forward)
+    AttentionMaskInterface.register(IMPLEMENTATION_NAME, sdpa_mask)
+
+
+register()

@@ -1,0 +1,81 @@
+"""What every kernel receives: one attention call, plus the mask helpers the dense kernels share.
+
+Tensor layouts (the SDPA convention):
+    query ``[B, Hq, Lq, D]``, key ``[B, Hkv, Lk, D]``, value ``[B, Hkv, Lk, Dv]`` with ``Hq % Hkv == 0``;
+    kernels return ``out [B, Hq, Lq, Dv]`` and, when asked, ``weights [B, Hq, Lq, Lk]``.
+
+Mask semantics: a pair ``(i, j)`` takes part in attention iff the pattern allows it (causality included,
+see :class:`~hf_sparse.patterns.MaskContext`) AND the model's own mask allows it. The model's mask is
+``None``, a boolean tensor broadcastable to ``[B, Hq, Lq, Lk]`` (``True`` = attend, Transformers' SDPA
+convention) or a float tensor of the same shape added to the scores (``-inf``/``finfo.min`` = masked).
+``position_bias`` (T5) is an additive float tensor of the same shape. A query row with no allowed key
+returns zeros, never NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..patterns import MaskContext, Pattern, allowed_matrix
+
+
+@dataclass
+class AttentionCall:
+    """One sparse attention call; see the module docstring for layouts and mask semantics."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    pattern: Pattern
+    ctx: MaskContext
+    attention_mask: torch.Tensor | None = None
+    scale: float | None = None
+    dropout_p: float = 0.0
+    position_bias: torch.Tensor | None = None
+    need_weights: bool = False
+    block_size: int | None = None
+
+    @property
+    def scale_value(self) -> float:
+        return self.scale if self.scale is not None else self.query.shape[-1] ** -0.5
+
+    @property
+    def needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            t.requires_grad for t in (self.query, self.key, self.value) if t is not None
+        )
+
+    @property
+    def has_bool_model_mask(self) -> bool:
+        return self.attention_mask is not None and self.attention_mask.dtype == torch.bool
+
+
+def expand_kv_heads(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value repeated to the query's head count (grouped-query attention)."""
+    hq, hkv = call.query.shape[1], call.key.shape[1]
+    if hq == hkv:
+        return call.key, call.value
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    rep = hq // hkv
+    return call.key.repeat_interleave(rep, dim=1), call.value.repeat_interleave(rep, dim=1)
+
+
+def combined_allowed(call: AttentionCall) -> torch.Tensor:
+    """Boolean mask broadcastable to ``[B, Hq, Lq, Lk]``: pattern AND the model's boolean mask."""
+    allowed = allowed_matrix(call.pattern, call.ctx, call.query.device)
+    if call.has_bool_model_mask:
+        allowed = allowed & call.attention_mask
+    return allowed
+
+
+def additive_bias(call: AttentionCall) -> torch.Tensor | None:
+    """Float terms added to the scores: the model's float mask and ``position_bias`` (or ``None``)."""
+    bias = None
+    if call.attention_mask is not None and not call.has_bool_model_mask:
+        bias = call.attention_mask
+    if call.position_bias is not None:
+        bias = call.position_bias if bias is None else bias + call.position_bias
+    return bias

@@ -1,0 +1,240 @@
+"""``patch_model`` / ``unpatch_model``: per-instance, reversible, no class is monkeypatched.
+
+Patching (1) stores a :class:`~hf_sparse.integration.ModuleSparseState` on each targeted self-attention
+module, (2) switches the model's configs to the ``hf_sparse`` attention implementation (registered with
+Transformers' ``AttentionInterface`` and ``AttentionMaskInterface``), remembering what each config used
+before, and (3) records the settings in ``model.config.hf_sparse`` so ``save_pretrained`` keeps them.
+Unpatching removes all three; the model then computes bit-identically to before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from .config import SparseConfig
+from .integration import IMPLEMENTATION_NAME, STATE_ATTR, ModuleSparseState, get_state
+from .kernels import backend_names
+from .models import AttentionSite, check_supported, image_layout, model_type
+
+SAVED_KEY = "hf_sparse"
+_ORIGINALS_ATTR = "_hf_sparse_original_attn"
+
+FilterFn = Callable[[str, torch.nn.Module], bool]
+
+
+def patch_model(
+    model: torch.nn.Module,
+    pattern: Any = "sliding_window",
+    *,
+    target_modules: str | list[str] | None = None,
+    filter_fn: FilterFn | None = None,
+    layers: list[int] | None = None,
+    backend: str = "auto",
+    kernel_block_size: int | None = None,
+    **pattern_options: Any,
+) -> torch.nn.Module:
+    """Make the self-attention of a Transformers model sparse, in place.
+
+    Args:
+        model: a ``PreTrainedModel`` whose attention dispatches through ``AttentionInterface``.
+        pattern: a pattern name (options as keywords, e.g. ``window=64``), a
+            :class:`~hf_sparse.patterns.Pattern`, or a full :class:`SparseConfig` (then no other option).
+        target_modules: regex (full match) or list of module names / suffixes; default all self-attention.
+        filter_fn: ``(name, module) -> bool`` further restricting the targets (not saved; the resolved
+            module names are).
+        layers: only these layer indices.
+        backend: kernel, ``"auto"`` or one of :func:`hf_sparse.kernels.backend_names`.
+        kernel_block_size: tile size of block-sparse kernels (``None``: the pattern's ``block_size``
+            if it has one, else chosen by the kernel). ``block_size=`` is a pattern option.
+
+    Calling it again adds or overrides settings for the modules it targets. Cross-attention always stays
+    dense. Returns ``model``.
+    """
+    if isinstance(pattern, SparseConfig):
+        explicit = {"target_modules": target_modules, "layers": layers, "kernel_block_size": kernel_block_size}
+        given = [k for k, v in explicit.items() if v is not None] + (["backend"] if backend != "auto" else [])
+        if pattern_options or given:
+            raise TypeError(
+                f"patch_model got a SparseConfig and also {', '.join(sorted([*pattern_options, *given]))}; "
+                "set them on the SparseConfig"
+            )
+        config = pattern
+    else:
+        config = SparseConfig.build(
+            pattern, backend=backend, kernel_block_size=kernel_block_size, target_modules=target_modules, layers=layers,
+            **pattern_options,
+        )
+    sites = check_supported(model)
+    selected = select_sites(sites, config, filter_fn)
+    _apply(model, config, selected)
+    return model
+
+
+def select_sites(
+    sites: list[AttentionSite], config: SparseConfig, filter_fn: FilterFn | None = None
+) -> list[AttentionSite]:
+    """The sites ``config`` (and ``filter_fn``) target; ``ValueError`` if the selection is invalid or empty."""
+    self_sites = [s for s in sites if not s.cross]
+    chosen = self_sites
+    spec = config.target_modules
+    if spec is not None:
+        matched = [s for s in sites if _matches(spec, s.name)]
+        cross = [s.name for s in matched if s.cross]
+        if cross:
+            raise ValueError(
+                f"target_modules={spec!r} matches cross-attention module(s) {cross[:3]}; cross-attention stays "
+                "dense in hf_sparse (target the encoder/decoder self-attention instead)"
+            )
+        if not matched:
+            names = [s.name for s in self_sites]
+            raise ValueError(
+                f"target_modules={spec!r} matches no self-attention module; available: {_preview(names)}"
+            )
+        chosen = matched
+    if filter_fn is not None:
+        chosen = [s for s in chosen if filter_fn(s.name, s.module)]
+    if config.layers is not None:
+        known = sorted({s.layer for s in self_sites if s.layer is not None})
+        unknown = sorted(set(config.layers) - set(known))
+        if unknown:
+            raise ValueError(f"layers={config.layers} names layer(s) {unknown} that do not exist; layers: {known}")
+        chosen = [s for s in chosen if s.layer in set(config.layers)]
+    if not chosen:
+        raise ValueError("the target selection (target_modules / filter_fn / layers) selects no attention module")
+    return chosen
+
+
+def _matches(spec: str | list[str], name: str) -> bool:
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == target or name.endswith("." + target) for target in spec)
+
+
+def _preview(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _apply(model: torch.nn.Module, config: SparseConfig, sites: list[AttentionSite]) -> None:
+    if config.backend not in backend_names():
+        raise ValueError(f"unknown backend {config.backend!r}; choose one of: {', '.join(backend_names())}")
+    layout = image_layout(model)
+    if config.pattern.needs_image_grid and layout is None:
+        raise ValueError(
+            f"pattern {config.pattern.name!r} needs an image model (a config with image_size and patch_size), but "
+            f"{model_type(model)!r} ({type(model).__name__}) has none; pass grid=(rows, cols) to lay the sequence "
+            "out as a grid explicitly"
+        )
+    grid, prefix = layout if layout is not None else (None, None)
+    _switch_implementation(model)
+    for site in sites:
+        previous = get_state(site.module)
+        if previous is not None:
+            previous.config.pattern.detach(site.module)
+        setattr(site.module, STATE_ATTR, ModuleSparseState(config, site.name, image_grid=grid, num_prefix=prefix))
+        config.pattern.attach(site.module)
+    _record(model, config, [s.name for s in sites])
+
+
+def _configs(model: torch.nn.Module) -> list[Any]:
+    """Every distinct config object reachable from the model's modules and their sub-configs."""
+    found: dict[int, Any] = {}
+    stack = [getattr(m, "config", None) for m in model.modules()]
+    while stack:
+        cfg = stack.pop()
+        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation"):
+            continue
+        found[id(cfg)] = cfg
+        stack.extend(getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {})
+    return list(found.values())
+
+
+def _switch_implementation(model: torch.nn.Module) -> None:
+    if not hasattr(model, _ORIGINALS_ATTR):
+        originals = [(cfg, cfg._attn_implementation_internal) for cfg in _configs(model)]
+        setattr(model, _ORIGINALS_ATTR, originals)
+    model.set_attn_implementation(IMPLEMENTATION_NAME)
+    stale = [
+        site.name for site in check_supported(model)
+        if getattr(getattr(site.module, "config", None), "_attn_implementation", None) != IMPLEMENTATION_NAME
+    ]
+    if stale:
+        _restore_implementation(model)
+        raise ValueError(
+            f"{type(model).__name__} did not switch its attention implementation to {IMPLEMENTATION_NAME!r} for "
+            f"{_preview(stale)}; it cannot be patched (its attention would silently stay dense)"
+        )
+
+
+def _restore_implementation(model: torch.nn.Module) -> None:
+    for cfg, original in getattr(model, _ORIGINALS_ATTR, []):
+        cfg._attn_implementation_internal = original
+    if hasattr(model, _ORIGINALS_ATTR):
+        delattr(model, _ORIGINALS_ATTR)
+
+
+def _record(model: torch.nn.Module, config: SparseConfig, names: list[str]) -> None:
+    saved = getattr(model.config, SAVED_KEY, None) or {"version": config.version, "rules": []}
+    saved["rules"].append({"config": config.to_dict(), "modules": names})
+    setattr(model.config, SAVED_KEY, saved)
+
+
+def iter_states(model: torch.nn.Module) -> Iterable[tuple[str, ModuleSparseState]]:
+    """``(name, state)`` of each patched module."""
+    for name, module in model.named_modules():
+        state = get_state(module)
+        if state is not None:
+            yield name, state
+
+
+def patched_modules(model: torch.nn.Module) -> dict[str, SparseConfig]:
+    """``{module name: SparseConfig}`` for every patched module of ``model``."""
+    return {name: state.config for name, state in iter_states(model)}
+
+
+def last_backends(model: torch.nn.Module) -> dict[str, str | None]:
+    """``{module name: kernel used by its latest call}`` (``None`` before the first call)."""
+    return {name: state.last_backend for name, state in iter_states(model)}
+
+
+def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo every ``patch_model`` on ``model``: module states, learned parameters, the attention
+    implementation and the saved settings. Logits are then bit-identical to before patching."""
+    for module in model.modules():
+        state = get_state(module)
+        if state is not None:
+            state.config.pattern.detach(module)
+            delattr(module, STATE_ATTR)
+    _restore_implementation(model)
+    if hasattr(model.config, SAVED_KEY):
+        delattr(model.config, SAVED_KEY)
+    return model
+
+
+def apply_saved_patch(model: torch.nn.Module) -> torch.nn.Module:
+    """Re-apply the settings a patched model saved in ``model.config.hf_sparse`` (after ``from_pretrained``)."""
+    saved = getattr(model.config, SAVED_KEY, None)
+    if not saved or not saved.get("rules"):
+        raise ValueError(
+            f"{type(model).__name__}'s config has no hf_sparse settings: the checkpoint was not saved from a "
+            "patched model; use patch_model instead"
+        )
+    delattr(model.config, SAVED_KEY)
+    by_name = {s.name: s for s in check_supported(model)}
+    for rule in saved["rules"]:
+        missing = [n for n in rule["modules"] if n not in by_name]
+        if missing:
+            raise ValueError(f"saved hf_sparse settings name module(s) this model does not have: {_preview(missing)}")
+        _apply(model, SparseConfig.from_dict(rule["config"]), [by_name[n] for n in rule["modules"]])
+    return model
+
+
+def load_patched(model_class: Any, path: str, **from_pretrained_kwargs: Any) -> torch.nn.Module:
+    """``model_class.from_pretrained(path, ...)`` followed by :func:`apply_saved_patch`: reloads a patched
+    model saved with ``save_pretrained`` with the same sparse settings."""
+    model = model_class.from_pretrained(path, **from_pretrained_kwargs)
+    return apply_saved_patch(model)

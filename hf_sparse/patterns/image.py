@@ -1,0 +1,70 @@
+"""2-D local attention for vision transformers: patches attend patches within a Chebyshev radius."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .base import MaskContext, MaskMod, Pattern, _check_int
+from .registry import register_pattern
+
+
+@register_pattern
+@dataclass(frozen=True)
+class Local2D(Pattern):
+    """Patch tokens on a ``rows × cols`` grid attend patches within Chebyshev distance ``window``;
+    the ``num_prefix`` tokens before the grid ([CLS], distillation) are global.
+
+    ``grid=None`` takes the grid from the model (image size / patch size); if a call's length does not fit
+    that grid (e.g. a larger image with interpolated positions) a square grid is inferred from the length.
+    ``num_prefix=None`` takes the model's count of prefix tokens (1 for ViT, 2 for DeiT).
+    """
+
+    name: ClassVar[str] = "local_2d"
+    window: int = 2
+    grid: tuple[int, int] | None = None
+    num_prefix: int | None = None
+
+    def _validate(self) -> None:
+        _check_int(self.name, "window", self.window, minimum=1)
+        if self.grid is not None:
+            grid = tuple(self.grid)
+            if len(grid) != 2:
+                raise ValueError(f"local_2d: grid must be (rows, cols), got {self.grid!r}")
+            for value in grid:
+                _check_int(self.name, "grid entries", value, minimum=1)
+            object.__setattr__(self, "grid", grid)
+        if self.num_prefix is not None:
+            _check_int(self.name, "num_prefix", self.num_prefix, minimum=0)
+
+    @property
+    def needs_image_grid(self) -> bool:
+        return self.grid is None
+
+    def resolve(self, ctx: MaskContext) -> tuple[tuple[int, int], int]:
+        """The ``(grid, num_prefix)`` used for a call of ``ctx.kv_len`` tokens."""
+        prefix = self.num_prefix if self.num_prefix is not None else (ctx.num_prefix if ctx.num_prefix is not None else 1)
+        n_patches = ctx.kv_len - prefix
+        for grid in (self.grid, ctx.image_grid):
+            if grid is not None and grid[0] * grid[1] == n_patches:
+                return grid, prefix
+        side = math.isqrt(max(n_patches, 0))
+        if n_patches > 0 and side * side == n_patches and self.grid is None:
+            return (side, side), prefix
+        expected = self.grid or ctx.image_grid
+        raise ValueError(
+            f"local_2d: a sequence of {ctx.kv_len} tokens with {prefix} prefix token(s) does not fit the patch grid "
+            f"{expected} (and is not a square grid); pass grid=(rows, cols) matching the input"
+        )
+
+    def _mask_mod(self, ctx: MaskContext) -> MaskMod:
+        (_, cols), prefix = self.resolve(ctx)
+        w = self.window
+
+        def mask(b, h, q_idx, kv_idx):
+            qp, kp = q_idx - prefix, kv_idx - prefix
+            near = ((qp // cols - kp // cols).abs() <= w) & ((qp % cols - kp % cols).abs() <= w)
+            return near | (qp < 0) | (kp < 0)
+
+        return mask

@@ -1,0 +1,116 @@
+"""The reference kernel (the oracle) against hand computation, and its edge-case guarantees."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_sparse.kernels import AttentionCall, reference_attention, sparse_attention
+from hf_sparse.patterns import MaskContext, SlidingWindow, make_pattern
+
+
+def _loops(q, k, v, allowed, scale, bias=None):
+    """Attention by explicit loops over one batch element and head."""
+    lq, lk = allowed.shape
+    out = torch.zeros(lq, v.shape[-1], dtype=torch.float64)
+    for i in range(lq):
+        scores = [float(q[i] @ k[j]) * scale + (0.0 if bias is None else float(bias[i, j])) for j in range(lk)]
+        keep = [j for j in range(lk) if allowed[i, j]]
+        if not keep:
+            continue
+        top = max(scores[j] for j in keep)
+        weights = {j: math.exp(scores[j] - top) for j in keep}
+        total = sum(weights.values())
+        for j, w in weights.items():
+            out[i] += (w / total) * v[j].double()
+    return out
+
+
+def test_reference_matches_loops_with_padding_and_bias():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 11, 8, dtype=torch.float64) for _ in range(3))
+    pad = torch.ones(2, 1, 1, 11, dtype=torch.bool)
+    pad[1, ..., 7:] = False
+    bias = torch.randn(1, 2, 11, 11, dtype=torch.float64)
+    pattern = SlidingWindow(window=2, num_global=1)
+    call = AttentionCall(q, k, v, pattern, MaskContext.for_length(11), attention_mask=pad, position_bias=bias)
+    out, _ = reference_attention(call)
+    from .formulas import formula
+
+    allowed = torch.from_numpy(formula("sliding_window", 11, window=2, num_global=1))
+    for b in range(2):
+        for h in range(2):
+            want = _loops(q[b, h], k[b, h], v[b, h], allowed & pad[b, 0], 8 ** -0.5, bias[0, h])
+            torch.testing.assert_close(out[b, h].double(), want, atol=1e-10, rtol=1e-10)
+
+
+def test_fully_masked_rows_are_zero_with_finite_zero_gradients():
+    q, k, v = (torch.randn(1, 1, 6, 4, requires_grad=True) for _ in range(3))
+    pad = torch.zeros(1, 1, 1, 6, dtype=torch.bool)
+    pad[..., :2] = True  # keys 0-1 only; a window of 1 leaves rows 3..5 with nothing allowed
+    for backend in ("reference", "masked_sdpa"):
+        out, _ = sparse_attention(q, k, v, "sliding_window", window=1, attention_mask=pad, backend=backend)
+        assert torch.isfinite(out).all()
+        assert (out[0, 0, 3:] == 0).all() and (out[0, 0, :3] != 0).any()
+        (out.sum()).backward()
+        for t in (q, k, v):
+            assert torch.isfinite(t.grad).all()
+        assert (q.grad[0, 0, 3:] == 0).all()
+        for t in (q, k, v):
+            t.grad = None
+
+
+def test_weights_are_returned_and_respect_the_pattern():
+    q, k, v = (torch.randn(1, 3, 20, 8) for _ in range(3))
+    out, weights = sparse_attention(q, k, v, "strided", stride=4, window=1, need_weights=True, is_causal=True)
+    assert weights.shape == (1, 3, 20, 20)
+    from .formulas import formula
+
+    allowed = torch.from_numpy(formula("strided", 20, stride=4, window=1, causal=True))
+    assert (weights[..., ~allowed] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 3, 20))
+    torch.testing.assert_close(out, weights @ v)
+
+
+def test_dropout_scales_kept_weights():
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    _, clean = sparse_attention(q, k, v, "sliding_window", window=3, need_weights=True)
+    _, dropped = sparse_attention(q, k, v, "sliding_window", window=3, need_weights=True, dropout_p=0.5)
+    kept = dropped != 0
+    assert 0 < kept.sum() < (clean != 0).sum()
+    torch.testing.assert_close(dropped[kept], 2 * clean[kept])
+
+
+def test_grouped_query_attention_repeats_key_value_heads():
+    q = torch.randn(1, 4, 9, 8)
+    k, v = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
+    out, _ = sparse_attention(q, k, v, "dense", backend="reference")
+    want = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_float_masks_are_additive():
+    q, k, v = (torch.randn(2, 2, 10, 8) for _ in range(3))
+    keep = torch.rand(2, 1, 10, 10) > 0.3
+    keep[..., 0] = True
+    additive = torch.zeros(2, 1, 10, 10).masked_fill(~keep, torch.finfo(torch.float32).min)
+    a, _ = sparse_attention(q, k, v, "sliding_window", window=2, attention_mask=keep, backend="reference")
+    b, _ = sparse_attention(q, k, v, "sliding_window", window=2, attention_mask=additive, backend="reference")
+    c, _ = sparse_attention(q, k, v, "sliding_window", window=2, attention_mask=additive, backend="masked_sdpa")
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_shapes_and_backends_are_reported():
+    q = torch.randn(1, 2, 5, 8)
+    with pytest.raises(ValueError, match="4-D"):
+        sparse_attention(q[0], q[0], q[0], "dense")
+    with pytest.raises(ValueError, match="query length 5 exceeds key length 3"):
+        sparse_attention(q, q[:, :, :3], q[:, :, :3], "dense")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        sparse_attention(q, q, q, "dense", backend="fast")
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        sparse_attention(torch.randn(1, 3, 5, 8), q, q, make_pattern("dense"), backend="reference")
