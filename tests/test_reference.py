@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 
 from hf_sparse.kernels import AttentionCall, reference_attention, sparse_attention
-from hf_sparse.patterns import MaskContext, SlidingWindow, make_pattern
+from hf_sparse.patterns import BlockLayout, MaskContext, Pattern, SlidingWindow, make_pattern
 
 
 def _loops(q, k, v, allowed, scale, bias=None):
@@ -114,3 +116,42 @@ def test_bad_shapes_and_backends_are_reported():
         sparse_attention(q, q, q, "dense", backend="fast")
     with pytest.raises(ValueError, match="multiple of key/value heads"):
         sparse_attention(torch.randn(1, 3, 5, 8), q, q, make_pattern("dense"), backend="reference")
+
+
+@dataclass(frozen=True)
+class LoudestBlock(Pattern):
+    """Test-only data-dependent pattern: every query attends the one key block with the largest summed key
+    norm, chosen per batch element and head."""
+
+    name: ClassVar[str] = "test_loudest_block"
+    dynamic: ClassVar[bool] = True
+    binds: ClassVar[list] = []
+
+    def bind_dynamic(self, query, key, ctx, block_size):
+        LoudestBlock.binds.append(block_size)
+        n = -(-ctx.kv_len // block_size)
+        norms = torch.nn.functional.pad(key.norm(dim=-1), (0, n * block_size - ctx.kv_len))
+        best = norms.view(*norms.shape[:2], n, block_size).sum(-1).argmax(-1)  # [B, H]
+        active = torch.nn.functional.one_hot(best, n).bool()[:, :, None, :].expand(*best.shape, -(-ctx.q_len // block_size), n)
+
+        def mask(b, h, q_idx, kv_idx):
+            return torch.div(kv_idx, block_size, rounding_mode="floor") == best[b, h]
+
+        return mask, BlockLayout(block_size, ctx.q_len, ctx.kv_len, active, active)
+
+
+def test_dynamic_patterns_are_bound_once_per_call_from_the_data():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 20, 8), torch.randn(2, 3, 20, 8), torch.randn(2, 3, 20, 8)
+    LoudestBlock.binds.clear()
+    out, weights = sparse_attention(q, k, v, LoudestBlock(), need_weights=True, block_size=5)
+    assert LoudestBlock.binds == [5]
+    best = k.norm(dim=-1).view(2, 3, 4, 5).sum(-1).argmax(-1)
+    for b in range(2):
+        for h in range(3):
+            keep = slice(5 * int(best[b, h]), 5 * int(best[b, h]) + 5)
+            want = torch.softmax(q[b, h] @ k[b, h, keep].T * 8 ** -0.5, -1) @ v[b, h, keep]
+            torch.testing.assert_close(out[b, h], want, atol=1e-5, rtol=1e-5)
+            assert (weights[b, h, :, keep].sum(-1) - 1).abs().max() < 1e-5
+    masked, _ = sparse_attention(q, k, v, LoudestBlock(), backend="masked_sdpa", block_size=5)
+    torch.testing.assert_close(masked, out, atol=1e-5, rtol=1e-5)

@@ -14,11 +14,13 @@ returns zeros, never NaN.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..patterns import MaskContext, Pattern, allowed_matrix
+from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, allowed_matrix
+
+DEFAULT_BLOCK_SIZE = 64
 
 
 @dataclass
@@ -36,6 +38,20 @@ class AttentionCall:
     position_bias: torch.Tensor | None = None
     need_weights: bool = False
     block_size: int | None = None
+    _binding: tuple[MaskMod, BlockLayout] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def tile_size(self) -> int:
+        """Block size of block-sparse computation: explicit, else the pattern's own, else the default."""
+        if self.block_size is not None:
+            return self.block_size
+        return getattr(self.pattern, "block_size", None) or DEFAULT_BLOCK_SIZE
+
+    def dynamic_binding(self) -> tuple[MaskMod, BlockLayout]:
+        """``pattern.bind_dynamic`` for this call's tensors, computed once per call."""
+        if self._binding is None:
+            self._binding = self.pattern.bind_dynamic(self.query, self.key, self.ctx, self.tile_size)
+        return self._binding
 
     @property
     def scale_value(self) -> float:
@@ -63,9 +79,23 @@ def expand_kv_heads(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
     return call.key.repeat_interleave(rep, dim=1), call.value.repeat_interleave(rep, dim=1)
 
 
+def dynamic_allowed(call: AttentionCall) -> torch.Tensor:
+    """``[B, Hq, Lq, Lk]`` boolean mask of a data-dependent pattern, evaluated from its bound mask function."""
+    mask_mod, _ = call.dynamic_binding()
+    dev = call.query.device
+    b = torch.arange(call.query.shape[0], device=dev)[:, None, None, None]
+    h = torch.arange(call.query.shape[1], device=dev)[None, :, None, None]
+    q_idx = (torch.arange(call.ctx.q_len, device=dev) + call.ctx.q_offset)[None, None, :, None]
+    kv_idx = torch.arange(call.ctx.kv_len, device=dev)[None, None, None, :]
+    return mask_mod(b, h, q_idx, kv_idx).expand(b.shape[0], h.shape[1], q_idx.shape[2], kv_idx.shape[3])
+
+
 def combined_allowed(call: AttentionCall) -> torch.Tensor:
     """Boolean mask broadcastable to ``[B, Hq, Lq, Lk]``: pattern AND the model's boolean mask."""
-    allowed = allowed_matrix(call.pattern, call.ctx, call.query.device)
+    if call.pattern.dynamic:
+        allowed = dynamic_allowed(call)
+    else:
+        allowed = allowed_matrix(call.pattern, call.ctx, call.query.device)
     if call.has_bool_model_mask:
         allowed = allowed & call.attention_mask
     return allowed

@@ -2,10 +2,10 @@
 the block-sparse kernel, FlexAttention and the pictures all read the same definition."""
 
 from . import image, local, random, strided  # noqa: F401  (registers the built-in patterns)
-from .base import Intersection, MaskContext, MaskMod, Pattern, Union
+from .base import BlockLayout, Intersection, MaskContext, MaskMod, Pattern, Union
 from .image import Local2D
 from .local import BlockLocal, Dense, Longformer, SlidingWindow
-from .materialize import BlockLayout, allowed_matrix, block_layout, bound_mask_mod, clear_caches, density
+from .materialize import allowed_matrix, block_layout, bound_mask_mod, clear_caches, density
 from .random import BigBird, RandomBlocks
 from .registry import (
     PATTERNS,

@@ -26,6 +26,38 @@ MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tor
 
 
 @dataclass(frozen=True)
+class BlockLayout:
+    """Which ``block_size × block_size`` tiles of the attention matrix a pattern touches.
+
+    Tiles are indexed ``[q_block, kv_block]`` with ``q_block = i // block_size`` over the call's query rows
+    (row 0 is absolute position ``q_offset``) and ``kv_block = j // block_size``. The last row/column of
+    tiles may be partial when a length is not a multiple of ``block_size``.
+
+    Fixed patterns give ``[n_q_blocks, n_kv_blocks]`` tensors (the same for every batch element and head);
+    data-dependent patterns give ``[B, H, n_q_blocks, n_kv_blocks]``.
+
+    Attributes:
+        active: bool, the tile has at least one allowed pair (a kernel must compute it).
+        full: bool, every in-range pair of the tile is allowed (a kernel needs no token-level mask there).
+    """
+
+    block_size: int
+    q_len: int
+    kv_len: int
+    active: torch.Tensor
+    full: torch.Tensor
+
+    @property
+    def block_density(self) -> float:
+        """Fraction of tiles that are active."""
+        return float(self.active.float().mean()) if self.active.numel() else 0.0
+
+    @property
+    def max_blocks_per_row(self) -> int:
+        return int(self.active.sum(-1).max()) if self.active.numel() else 0
+
+
+@dataclass(frozen=True)
 class MaskContext:
     """The shape of one attention call, which a pattern needs to produce its mask.
 
@@ -107,6 +139,23 @@ class Pattern:
     def needs_image_grid(self) -> bool:
         """True for patterns defined on a 2-D patch grid (they need an image model or an explicit grid)."""
         return False
+
+    def bind_dynamic(
+        self, query: torch.Tensor, key: torch.Tensor, ctx: MaskContext, block_size: int
+    ) -> tuple[MaskMod, BlockLayout]:
+        """Data-dependent patterns (``dynamic = True``) choose what to keep from the call's tensors.
+
+        Args:
+            query: ``[B, Hq, Lq, D]``; key: ``[B, Hkv, Lk, D]`` (the call's tensors, cache included).
+            ctx: the call's shape (causality included: never keep ``kv > q`` when ``ctx.causal``).
+            block_size: tile size of the selection.
+
+        Returns:
+            ``(mask_mod, layout)``: a mask function that uses its ``b`` and ``h`` arguments (batch element,
+            query head) and a :class:`BlockLayout` with ``[B, Hq, n_q_blocks, n_kv_blocks]`` tensors whose
+            active tiles cover every pair ``mask_mod`` allows.
+        """
+        raise NotImplementedError(f"{self.name} is a fixed pattern; use mask_mod(ctx)")
 
     def attach(self, module: torch.nn.Module) -> None:
         """Called when ``module`` is patched with this pattern; learned patterns add their parameters here."""

@@ -7,11 +7,10 @@ layers builds them once per sequence length.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 
-from .base import MaskContext, MaskMod, Pattern
+from .base import BlockLayout, MaskContext, MaskMod, Pattern
 
 # Budget of mask evaluations per chunk when materializing (keeps peak memory ~ tens of MB at any length).
 _CHUNK_ELEMENTS = 1 << 23
@@ -49,36 +48,6 @@ def _allowed_matrix(pattern: Pattern, ctx: MaskContext, device: str) -> torch.Te
     if not chunks:
         return torch.zeros(0, ctx.kv_len, dtype=torch.bool, device=dev)
     return torch.cat(chunks, dim=0).contiguous()
-
-
-@dataclass(frozen=True)
-class BlockLayout:
-    """Which ``block_size × block_size`` tiles of the attention matrix a pattern touches.
-
-    Tiles are indexed ``[q_block, kv_block]`` with ``q_block = i // block_size`` over the call's query rows
-    (row 0 is absolute position ``q_offset``) and ``kv_block = j // block_size``. The last row/column of
-    tiles may be partial when a length is not a multiple of ``block_size``.
-
-    Attributes:
-        active: ``[n_q_blocks, n_kv_blocks]`` bool, the tile has at least one allowed pair.
-        full: ``[n_q_blocks, n_kv_blocks]`` bool, every in-range pair of the tile is allowed (so a kernel
-            needs no token-level mask there).
-    """
-
-    block_size: int
-    q_len: int
-    kv_len: int
-    active: torch.Tensor
-    full: torch.Tensor
-
-    @property
-    def block_density(self) -> float:
-        """Fraction of tiles that are active."""
-        return float(self.active.float().mean()) if self.active.numel() else 0.0
-
-    @property
-    def max_blocks_per_row(self) -> int:
-        return int(self.active.sum(-1).max()) if self.active.numel() else 0
 
 
 def block_layout(
