@@ -60,14 +60,14 @@ TEXT_PATTERNS = [
 ]
 
 
-def _check_against_explicit(family, pattern, mask_fn, atol=1e-5):
+def _check_against_explicit(family, pattern, mask_fn, atol=1e-5, **patch_options):
     model = tiny_model(family)
     inputs = model_inputs(family)
     hf_sparse.patch_model(model, pattern)
     targets = list(hf_sparse.patched_modules(model))
     hf_sparse.unpatch_model(model)
     ref = explicit_copy(model, mask_fn, targets)
-    hf_sparse.patch_model(model, pattern)
+    hf_sparse.patch_model(model, pattern, **patch_options)
     got, want = _run(model, inputs), _run(ref, inputs)
     dense = _run(explicit_copy(model, lambda *a: np.ones((a[0], a[1]), bool), []), inputs)
     torch.testing.assert_close(got, want, atol=atol, rtol=0)
@@ -88,6 +88,21 @@ def test_pattern_equals_explicit_mask_model(family, name, options):
 def test_block_random_patterns_equal_explicit_mask_model(family, name, options):
     pattern = make_pattern(name, **options)
     _check_against_explicit(family, pattern, _package_fn(pattern))
+
+
+FAST_PATTERNS = [("sliding_window", {"window": 3, "num_global": 1}), ("strided", {"stride": 5, "window": 1}),
+                 ("bigbird", {"block_size": 4, "num_random_blocks": 1})]
+FAST_COMBOS = [("blocksparse", family, *p) for family in ("bert", "gpt2", "t5", "bart") for p in FAST_PATTERNS] + [
+    ("flex", family, *FAST_PATTERNS[0]) for family in ("bert", "gpt2", "t5")]
+
+
+@pytest.mark.parametrize("backend,family,name,options", FAST_COMBOS)
+def test_fast_backends_equal_explicit_mask_model(backend, family, name, options):
+    """The fast kernels inside real models (padding, causal decoders, T5's position bias), block size 8."""
+    pattern = make_pattern(name, **options)
+    model, _ = _check_against_explicit(family, pattern, _package_fn(pattern), backend=backend,
+                                       kernel_block_size=8)
+    assert set(hf_sparse.last_backends(model).values()) == {backend}
 
 
 def test_minilm_real_weights_sparse_equals_explicit():
@@ -121,8 +136,9 @@ def test_padding_stays_masked(family, name, options):
         torch.testing.assert_close(out[1, :29], _run(model, alone)[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("backend", ["auto", "blocksparse"])
 @pytest.mark.parametrize("name,options", [("sliding_window", {"window": 3}), ("strided", {"stride": 4, "window": 1})])
-def test_gpt2_generate_matches_masked_dense_reference(name, options):
+def test_gpt2_generate_matches_masked_dense_reference(name, options, backend):
     model = tiny_model("gpt2", seed=5)
     prompt = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(2))
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
@@ -130,7 +146,7 @@ def test_gpt2_generate_matches_masked_dense_reference(name, options):
     dense = model.generate(prompt, **kwargs)
     targets = [n for n, m in model.named_modules() if type(m).__name__ == "GPT2Attention"]
     ref = explicit_copy(model, _formula_fn(name, options), targets)
-    hf_sparse.patch_model(model, name, **options)
+    hf_sparse.patch_model(model, name, backend=backend, kernel_block_size=4, **options)
     got = model.generate(prompt, **kwargs)
     want = ref.generate(prompt, **kwargs)
     assert got.sequences.shape == (2, 21)

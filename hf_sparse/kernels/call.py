@@ -39,6 +39,8 @@ class AttentionCall:
     need_weights: bool = False
     block_size: int | None = None
     _binding: tuple[MaskMod, BlockLayout] | None = field(default=None, init=False, repr=False)
+    #: Per-call memo for kernels (e.g. the block-sparse plan), so auto and the kernel build it once.
+    cache: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
     def tile_size(self) -> int:

@@ -9,7 +9,9 @@ import torch
 
 from .._logging import log_once
 from ..patterns import MaskContext, Pattern, as_pattern
+from .blocksparse import blocksparse_attention, plan_for
 from .call import AttentionCall
+from .flex import flex_attention_backend, flex_unsupported
 from .masked_sdpa import masked_sdpa_attention
 from .reference import reference_attention
 
@@ -44,6 +46,8 @@ def register_backend(backend: Backend) -> Backend:
 
 register_backend(Backend("reference", reference_attention, returns_weights=True))
 register_backend(Backend("masked_sdpa", masked_sdpa_attention))
+register_backend(Backend("blocksparse", blocksparse_attention))
+register_backend(Backend("flex", flex_attention_backend, unsupported=flex_unsupported))
 
 
 def backend_names() -> list[str]:
@@ -58,12 +62,37 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
         choice = chooser(call)
         if choice is not None:
             return choice
-    return "masked_sdpa", "no block-sparse kernel applies to this call"
+    return "masked_sdpa", "the sequence is too short or the pattern too dense for gathering blocks to pay"
+
+
+#: Gathering blocks pays once a query block reads at most this fraction of the (padded) keys.
+BLOCKSPARSE_MAX_FRACTION = 0.5
+
+
+def _sparse_enough(call: AttentionCall) -> str | None:
+    """A description of the saving if block-sparse computation pays for ``call``, else ``None``."""
+    plan = plan_for(call)
+    gathered = plan.slots * plan.block_size
+    if gathered <= BLOCKSPARSE_MAX_FRACTION * (plan.n_kv_blocks + 1) * plan.block_size:
+        return f"each query block reads {gathered} of {call.ctx.kv_len} keys"
+    return None
+
+
+def _flex_rule(call: AttentionCall) -> tuple[str, str] | None:
+    """On CUDA, FlexAttention (Triton) is the maintained fast path where it applies."""
+    if call.query.device.type != "cuda" or flex_unsupported(call) is not None:
+        return None
+    saving = _sparse_enough(call)
+    return ("flex", f"CUDA, {saving}") if saving else None
+
+
+def _blocksparse_rule(call: AttentionCall) -> tuple[str, str] | None:
+    saving = _sparse_enough(call)
+    return ("blocksparse", saving) if saving else None
 
 
 #: Ordered rules consulted by ``auto``; each returns ``(backend, reason)`` or ``None`` to pass.
-#: Kernel modules append their own rule when imported.
-AUTO_RULES: list[Callable[[AttentionCall], tuple[str, str] | None]] = []
+AUTO_RULES: list[Callable[[AttentionCall], tuple[str, str] | None]] = [_flex_rule, _blocksparse_rule]
 
 
 def choose_backend(call: AttentionCall, backend: str = "auto") -> str:

@@ -1,0 +1,124 @@
+"""The block-sparse kernel: gather the key/value blocks each query block needs, then let the fused SDPA
+kernel do the math with the query blocks folded into a batch dimension.
+
+Layouts: query ``[B, H, Lq, D]`` is viewed as ``[B, H, nq, bs, D]``; keys/values are gathered into
+``[B, H, nq, K*bs, D]`` (``K`` slots per query block, see :mod:`hf_sparse.kernels.plan`); SDPA runs on these
+5-D tensors with a ``[.., nq, bs, K*bs]`` mask only where a tile is partial, a slot is empty, the model
+masks padding, or a bias is added. Autograd differentiates the gather (an ``index_add`` in backward), so
+training works on every device SDPA supports. Work and memory scale with ``K * bs / Lk``, the fraction of
+key blocks gathered, instead of with ``Lq * Lk``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .call import AttentionCall, additive_bias, expand_kv_heads
+from .plan import BlockSparsePlan, dynamic_plan, static_plan
+
+#: Tile edge used when neither the call nor the pattern names one (measured on CPU: DESIGN.md section 3).
+CPU_LONG_BLOCK, SHORT_BLOCK, LONG_LENGTH = 128, 64, 2048
+
+
+def tile_size(call: AttentionCall) -> int:
+    """Explicit kernel block size, else the pattern's own ``block_size``, else a length-based default."""
+    if call.block_size is not None:
+        return call.block_size
+    own = getattr(call.pattern, "block_size", None)
+    if own:
+        return own
+    return CPU_LONG_BLOCK if max(call.ctx.q_len, call.ctx.kv_len) >= LONG_LENGTH else SHORT_BLOCK
+
+
+def plan_for(call: AttentionCall) -> BlockSparsePlan:
+    """The plan that serves ``call``: cached per shape for fixed patterns, once per call for dynamic ones."""
+    if "plan" not in call.cache:
+        if call.pattern.dynamic:
+            mod, layout = call.dynamic_binding()
+            call.cache["plan"] = dynamic_plan(mod, layout, call.ctx)
+        else:
+            call.cache["plan"] = static_plan(call.pattern, call.ctx, tile_size(call), call.query.device)
+    return call.cache["plan"]
+
+
+def _gather_tiles(x: torch.Tensor, plan: BlockSparsePlan, rows_blocked: bool) -> torch.Tensor:
+    """Gather key-block tiles of a mask or bias ``x`` broadcastable to ``[B, H, Lq, Lk]``.
+
+    Returns ``[b, h, nq, bs or 1, K*bs]`` (``b``/``h`` as in ``x``, or ``B``/``H`` for per-head plans).
+    ``rows_blocked=False`` treats ``x`` as constant along queries (a key-padding mask).
+    """
+    bs, nq, nk = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks
+    fill = False if x.dtype == torch.bool else 0.0
+    rows = x[:, :, :1] if not rows_blocked else x
+    rows = F.pad(rows, (0, (nk + 1) * bs - x.shape[-1], 0, (nq * bs - x.shape[-2]) if rows_blocked else 0), value=fill)
+    r = bs if rows_blocked else 1
+    n_rows = nq if rows_blocked else 1
+    tiles = rows.reshape(*rows.shape[:2], n_rows, r, nk + 1, bs).transpose(3, 4)  # [b, h, nq|1, nk+1, r, bs]
+    idx = plan.indices
+    if plan.per_head:
+        b = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1, 1) % tiles.shape[0]
+        h = torch.arange(idx.shape[1], device=idx.device).view(1, -1, 1, 1) % tiles.shape[1]
+        qb = torch.arange(nq, device=idx.device).view(1, 1, -1, 1) % n_rows
+        picked = tiles[b, h, qb, idx]                                          # [B, H, nq, K, r, bs]
+    else:
+        qb = torch.arange(nq, device=idx.device).view(-1, 1) % n_rows
+        picked = tiles[:, :, qb, idx]                                          # [b, h, nq, K, r, bs]
+    return picked.transpose(3, 4).reshape(*picked.shape[:3], r, plan.slots * bs)
+
+
+def _model_tiles(call: AttentionCall, plan: BlockSparsePlan) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The model's boolean mask and additive bias, gathered onto the plan's tiles."""
+    allowed = bias = None
+    mask = call.attention_mask
+    if mask is not None and mask.dtype == torch.bool:
+        key_padding_only = mask.shape[-2] == 1 or mask.stride(-2) == 0
+        allowed = _gather_tiles(mask, plan, rows_blocked=not key_padding_only)
+    extra = additive_bias(call)
+    if extra is not None:
+        bias = _gather_tiles(extra, plan, rows_blocked=extra.shape[-2] != 1 and extra.stride(-2) != 0)
+    return allowed, bias
+
+
+def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
+    """Block-sparse attention; exact for every pattern (see :mod:`hf_sparse.kernels.call` for semantics).
+
+    Returns ``(out [B, Hq, Lq, Dv], None)``.
+    """
+    plan = plan_for(call)
+    query = call.query
+    key, value = expand_kv_heads(call)
+    batch, heads, q_len, dim = query.shape
+    kv_len, dim_v = key.shape[2], value.shape[-1]
+    bs, nq, nk, width = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks, plan.slots
+
+    q = F.pad(query, (0, 0, 0, nq * bs - q_len)).view(batch, heads, nq, bs, dim)
+    flat = (batch * heads, nk + 1, bs)
+    k_blocks = F.pad(key, (0, 0, 0, (nk + 1) * bs - kv_len)).reshape(*flat, dim)
+    v_blocks = F.pad(value, (0, 0, 0, (nk + 1) * bs - kv_len)).reshape(*flat, dim_v)
+    base = torch.arange(batch * heads, device=query.device).view(batch, heads, 1, 1) * (nk + 1)
+    gather = (base + plan.indices).reshape(-1)
+    k = k_blocks.reshape(-1, bs, dim).index_select(0, gather).view(batch, heads, nq, width * bs, dim)
+    v = v_blocks.reshape(-1, bs, dim_v).index_select(0, gather).view(batch, heads, nq, width * bs, dim_v)
+
+    model_allowed, bias = _model_tiles(call, plan)
+    allowed = plan.tile_mask
+    if model_allowed is not None:
+        allowed = model_allowed if allowed is None else allowed & model_allowed
+    attn_mask, row_any = None, None
+    if allowed is not None:
+        row_any = allowed.any(dim=-1, keepdim=True)
+        allowed = allowed | ~row_any  # rows with nothing allowed are computed unmasked, then zeroed
+    if bias is not None:
+        attn_mask = bias.to(query.dtype)
+        if allowed is not None:
+            attn_mask = torch.where(allowed, attn_mask, torch.tensor(float("-inf"), dtype=query.dtype))
+    elif allowed is not None:
+        attn_mask = allowed
+
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=call.scale_value
+    )
+    if row_any is not None and not bool(row_any.all()):
+        out = out * row_any.to(out.dtype)
+    return out.reshape(batch, heads, nq * bs, dim_v)[:, :, :q_len], None
