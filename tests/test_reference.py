@@ -52,8 +52,9 @@ def test_fully_masked_rows_are_zero_with_finite_zero_gradients():
     q, k, v = (torch.randn(1, 1, 6, 4, requires_grad=True) for _ in range(3))
     pad = torch.zeros(1, 1, 1, 6, dtype=torch.bool)
     pad[..., :2] = True  # keys 0-1 only; a window of 1 leaves rows 3..5 with nothing allowed
-    for backend in ("reference", "masked_sdpa"):
-        out, _ = sparse_attention(q, k, v, "sliding_window", window=1, attention_mask=pad, backend=backend)
+    for backend in ("reference", "masked_sdpa", "blocksparse"):
+        out, _ = sparse_attention(q, k, v, "sliding_window", window=1, attention_mask=pad, backend=backend,
+                                  block_size=2)
         assert torch.isfinite(out).all()
         assert (out[0, 0, 3:] == 0).all() and (out[0, 0, :3] != 0).any()
         (out.sum()).backward()
@@ -155,3 +156,21 @@ def test_dynamic_patterns_are_bound_once_per_call_from_the_data():
             assert (weights[b, h, :, keep].sum(-1) - 1).abs().max() < 1e-5
     masked, _ = sparse_attention(q, k, v, LoudestBlock(), backend="masked_sdpa", block_size=5)
     torch.testing.assert_close(masked, out, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_the_pattern_leaves_empty_are_zero_in_every_backend():
+    """An intersection that leaves some query rows with no key: zeros, finite gradients, all backends agree."""
+    pattern = make_pattern("block_local", block_size=4) & make_pattern("random", num_random=1, block_size=4, seed=3)
+    q, k, v = (torch.randn(2, 2, 23, 8, requires_grad=True) for _ in range(3))
+    outs = {}
+    for backend in ("reference", "masked_sdpa", "blocksparse"):
+        out, _ = sparse_attention(q, k, v, pattern, backend=backend, block_size=4)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        assert all(torch.isfinite(g).all() for g in grads)
+        outs[backend] = out
+    from hf_sparse.patterns import allowed_matrix
+
+    empty = ~allowed_matrix(pattern, MaskContext.for_length(23)).any(-1)
+    assert empty.any() and (outs["blocksparse"][:, :, empty] == 0).all()
+    torch.testing.assert_close(outs["blocksparse"], outs["reference"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs["masked_sdpa"], outs["reference"], atol=1e-5, rtol=1e-5)

@@ -80,9 +80,18 @@ def _model_tiles(call: AttentionCall, plan: BlockSparsePlan) -> tuple[torch.Tens
     return allowed, bias
 
 
+def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """``[b, h, nq, r, K*bs]`` mask/bias -> 4-D ``[1 or B*H, nq, r, K*bs]`` as the fused CPU kernel needs."""
+    if x.shape[0] == 1 and x.shape[1] == 1:
+        return x[0]
+    return x.expand(batch, heads, *x.shape[2:]).reshape(batch * heads, *x.shape[2:])
+
+
 def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     """Block-sparse attention; exact for every pattern (see :mod:`hf_sparse.kernels.call` for semantics).
 
+    The fused SDPA kernel runs on 4-D tensors ``[B*H, nq, bs, D]`` x ``[B*H, nq, K*bs, D]`` (a 4-D mask keeps
+    PyTorch's CPU flash kernel, with its backward, instead of the unfused math path).
     Returns ``(out [B, Hq, Lq, Dv], None)``.
     """
     plan = plan_for(call)
@@ -92,33 +101,41 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     kv_len, dim_v = key.shape[2], value.shape[-1]
     bs, nq, nk, width = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks, plan.slots
 
-    q = F.pad(query, (0, 0, 0, nq * bs - q_len)).view(batch, heads, nq, bs, dim)
-    flat = (batch * heads, nk + 1, bs)
+    q = F.pad(query, (0, 0, 0, nq * bs - q_len)).reshape(batch * heads, nq, bs, dim)
+    flat = (batch * heads * (nk + 1), bs)
     k_blocks = F.pad(key, (0, 0, 0, (nk + 1) * bs - kv_len)).reshape(*flat, dim)
     v_blocks = F.pad(value, (0, 0, 0, (nk + 1) * bs - kv_len)).reshape(*flat, dim_v)
     base = torch.arange(batch * heads, device=query.device).view(batch, heads, 1, 1) * (nk + 1)
     gather = (base + plan.indices).reshape(-1)
-    k = k_blocks.reshape(-1, bs, dim).index_select(0, gather).view(batch, heads, nq, width * bs, dim)
-    v = v_blocks.reshape(-1, bs, dim_v).index_select(0, gather).view(batch, heads, nq, width * bs, dim_v)
+    k = k_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim)
+    v = v_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim_v)
 
     model_allowed, bias = _model_tiles(call, plan)
     allowed = plan.tile_mask
+    if allowed is not None and allowed.dim() == 3:
+        allowed = allowed[None, None]
+    elif allowed is not None:
+        allowed = allowed.view(batch, heads, *allowed.shape[2:])
+    empty = plan.empty_rows
     if model_allowed is not None:
         allowed = model_allowed if allowed is None else allowed & model_allowed
-    attn_mask, row_any = None, None
-    if allowed is not None:
         row_any = allowed.any(dim=-1, keepdim=True)
-        allowed = allowed | ~row_any  # rows with nothing allowed are computed unmasked, then zeroed
+        allowed = allowed | ~row_any  # rows left with nothing are computed unmasked, then zeroed
+        in_range = (torch.arange(nq * bs, device=query.device) < q_len).view(nq, bs, 1)
+        empty = ~row_any & in_range if empty is None else (~row_any & in_range) | empty
+    attn_mask = None
     if bias is not None:
         attn_mask = bias.to(query.dtype)
         if allowed is not None:
             attn_mask = torch.where(allowed, attn_mask, torch.tensor(float("-inf"), dtype=query.dtype))
     elif allowed is not None:
         attn_mask = allowed
+    if attn_mask is not None:
+        attn_mask = _flat4(attn_mask, batch, heads)
 
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=call.scale_value
-    )
-    if row_any is not None and not bool(row_any.all()):
-        out = out * row_any.to(out.dtype)
+    ).view(batch, heads, nq, bs, dim_v)
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
     return out.reshape(batch, heads, nq * bs, dim_v)[:, :, :q_len], None

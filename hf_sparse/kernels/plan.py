@@ -28,6 +28,10 @@ class BlockSparsePlan:
             marks an empty slot. ``P`` is ``()`` for fixed patterns and ``(B, Hq)`` for dynamic ones.
         tile_mask: ``[*P, n_q_blocks, bs, K * bs]`` bool, ``True`` where the pattern allows the pair (pattern
             and sequence ends only, not the model's padding), or ``None`` when every gathered pair is allowed.
+            Rows that would allow nothing (query rows past the end, rows the pattern leaves empty) allow
+            their whole tile instead, so fused kernels never see an empty row.
+        empty_rows: ``[*P, n_q_blocks, bs, 1]`` bool marking in-range rows the pattern leaves empty (their
+            output must be zeroed), or ``None`` if there are none.
         computed_fraction: gathered tiles / all tiles (the work a kernel does relative to dense).
     """
 
@@ -36,6 +40,7 @@ class BlockSparsePlan:
     n_kv_blocks: int
     indices: torch.Tensor
     tile_mask: torch.Tensor | None
+    empty_rows: torch.Tensor | None
     computed_fraction: float
 
     @property
@@ -79,10 +84,15 @@ def _plan(layout: BlockLayout, mod: MaskMod, ctx: MaskContext, bs: int) -> Block
     n_q, n_kv = layout.active.shape[-2], layout.active.shape[-1]
     indices = _indices(layout.active, n_kv)
     tile_mask = _tile_mask(mod, ctx, indices, bs, n_kv)
-    if bool(tile_mask.all()):
-        tile_mask = None
+    row_any = tile_mask.any(dim=-1, keepdim=True)
+    in_range = (torch.arange(n_q * bs, device=indices.device) < ctx.q_len).view(n_q, bs, 1)
+    empty = ~row_any & in_range
+    tile_mask = tile_mask | ~row_any
     computed = indices.shape[-1] * n_q / max(n_q * n_kv, 1)
-    return BlockSparsePlan(bs, n_q, n_kv, indices, tile_mask, computed)
+    return BlockSparsePlan(
+        bs, n_q, n_kv, indices, None if bool(tile_mask.all()) else tile_mask,
+        empty if bool(empty.any()) else None, computed,
+    )
 
 
 def static_plan(pattern: Pattern, ctx: MaskContext, bs: int, device: torch.device | str) -> BlockSparsePlan:
