@@ -40,13 +40,14 @@ from .patterns import (
     pattern_names,
     register_pattern,
 )
+from .positions import extend_positions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IMPLEMENTATION_NAME", "BigBird", "BlockLocal", "Dense", "Dilated", "Local2D", "Longformer", "MaskContext",
     "ModuleSparseState", "Pattern", "RandomBlocks", "SlidingWindow", "SparseConfig", "Strided",
-    "allowed_matrix", "apply_saved_patch", "backend_names", "block_layout", "density", "get_state",
+    "allowed_matrix", "apply_saved_patch", "backend_names", "block_layout", "density", "extend_positions", "get_state",
     "iter_states", "last_backends", "load_patched", "make_pattern", "patch_model", "patched_modules",
     "pattern_names", "register_pattern", "sparse_attention", "unpatch_model",
 ]

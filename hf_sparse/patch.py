@@ -35,6 +35,7 @@ def patch_model(
     layers: list[int] | None = None,
     backend: str = "auto",
     kernel_block_size: int | None = None,
+    max_positions: int | None = None,
     **pattern_options: Any,
 ) -> torch.nn.Module:
     """Make the self-attention of a Transformers model sparse, in place.
@@ -50,6 +51,8 @@ def patch_model(
         backend: kernel, ``"auto"`` or one of :func:`hf_sparse.kernels.backend_names`.
         kernel_block_size: tile size of block-sparse kernels (``None``: the pattern's ``block_size``
             if it has one, else chosen by the kernel). ``block_size=`` is a pattern option.
+        max_positions: also let the model take this many tokens (learned position tables are tiled, see
+            :func:`hf_sparse.extend_positions`, which also updates a tokenizer); ``None`` leaves them.
 
     Calling it again adds or overrides settings for the modules it targets. Cross-attention always stays
     dense. Returns ``model``.
@@ -70,7 +73,14 @@ def patch_model(
         )
     sites = check_supported(model)
     selected = select_sites(sites, config, filter_fn)
+    extension = None
+    if max_positions is not None:
+        from .positions import plan_extension  # validated before anything changes
+
+        extension = plan_extension(model, max_positions)
     _apply(model, config, selected)
+    if extension is not None:
+        extension.apply()
     return model
 
 

@@ -10,6 +10,17 @@ from .base import MaskContext, MaskMod, Pattern, _check_int
 from .registry import register_pattern
 
 
+def _scaled_grid(base: tuple[int, int], n_patches: int) -> tuple[int, int] | None:
+    """``(k·r, k·c)`` with ``k²·r·c == n_patches`` for the reduced aspect ratio ``r:c`` of ``base``, or ``None``."""
+    step = math.gcd(*base)
+    rows, cols = base[0] // step, base[1] // step
+    scale_sq, rest = divmod(max(n_patches, 0), rows * cols)
+    scale = math.isqrt(scale_sq)
+    if rest or scale < 1 or scale * scale != scale_sq:
+        return None
+    return rows * scale, cols * scale
+
+
 @register_pattern
 @dataclass(frozen=True)
 class Local2D(Pattern):
@@ -17,7 +28,10 @@ class Local2D(Pattern):
     the ``num_prefix`` tokens before the grid ([CLS], distillation) are global.
 
     ``grid=None`` takes the grid from the model (image size / patch size); if a call's length does not fit
-    that grid (e.g. a larger image with interpolated positions) a square grid is inferred from the length.
+    that grid (e.g. a larger image with interpolated positions) the grid is inferred from the length as the
+    model grid scaled by the same factor on both sides (e.g. 28×28 for a 224-px ViT-B/16 run at 448 px,
+    16×32 for an 8×16 model grid at twice the size), else as a square grid. Inputs of another aspect ratio
+    need ``grid=`` or :func:`hf_sparse.extend_positions` with ``image_size=`` (then the model grid fits).
     ``num_prefix=None`` takes the model's count of prefix tokens (1 for ViT, 2 for DeiT).
     """
 
@@ -49,13 +63,16 @@ class Local2D(Pattern):
         for grid in (self.grid, ctx.image_grid):
             if grid is not None and grid[0] * grid[1] == n_patches:
                 return grid, prefix
-        side = math.isqrt(max(n_patches, 0))
-        if n_patches > 0 and side * side == n_patches and self.grid is None:
-            return (side, side), prefix
+        if self.grid is None:
+            for base in (ctx.image_grid, (1, 1)):  # the model grid scaled evenly, else a square grid
+                scaled = _scaled_grid(base, n_patches) if base is not None else None
+                if scaled is not None:
+                    return scaled, prefix
         expected = self.grid or ctx.image_grid
         raise ValueError(
             f"local_2d: a sequence of {ctx.kv_len} tokens with {prefix} prefix token(s) does not fit the patch grid "
-            f"{expected} (and is not a square grid); pass grid=(rows, cols) matching the input"
+            f"{expected} (nor that grid scaled evenly, nor a square grid); pass grid=(rows, cols) matching the "
+            "input, or resize the model with hf_sparse.extend_positions(model, image_size=...)"
         )
 
     def _mask_mod(self, ctx: MaskContext) -> MaskMod:

@@ -1,0 +1,141 @@
+"""Measuring benchmark rows: wall times, peak memory, and one fresh process per row under a memory budget.
+
+    with PeakMemory() as peak:
+        times = time_runs(step, warmup=1, repeats=3)
+    peak.growth_mb, peak.method
+
+    result = run_isolated(measure_row, spec, memory_gb=16, timeout_s=3600)   # {"status": "ok" | ..., ...}
+
+Peak memory is the growth of the process's resident set: :class:`PeakMemory` records VmRSS on entry and
+resets the kernel's peak mark (writing ``5`` to ``/proc/self/clear_refs``, Linux >= 4.0); on exit the growth
+is VmHWM minus that baseline, so it counts everything a run allocates (activations, gradients, masks,
+kernel workspaces) and nothing allocated before (weights). Where the mark cannot be reset it falls back to
+``ru_maxrss`` (the process's peak since start) and says so in ``method``.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import re
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+HWM_METHOD = "VmHWM after clear_refs reset, minus VmRSS baseline"
+MAXRSS_METHOD = "ru_maxrss (process peak, not reset) minus VmRSS baseline"
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Context manager: ``growth_mb`` = peak resident set during the block minus the resident set at entry."""
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        self.baseline_kb = _status_kb("VmRSS") or 0
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+            self.method = HWM_METHOD
+        except OSError:
+            self.method = MAXRSS_METHOD
+        self.growth_mb = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.method == HWM_METHOD:
+            peak_kb = _status_kb("VmHWM") or 0
+        else:
+            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.growth_mb = round(max(0, peak_kb - self.baseline_kb) / 1024, 1)
+
+
+def time_runs(step: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """Wall times (``time.perf_counter``) of ``repeats`` calls of ``step`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def available_memory_gb(fraction: float = 0.75) -> float:
+    """``fraction`` of the memory the kernel reports available now (``MemAvailable``), or 8 GB if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return round(fraction * int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return 8.0
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    return (str(exc).splitlines() or [""])[0][:limit]
+
+
+def _child(target: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], memory_gb: float, conn) -> None:
+    limit = int(memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    try:
+        result = {"status": "ok", **target(spec)}
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, MemoryError) or "allocate" in str(exc):
+            wanted = re.search(r"allocate (\d+) bytes", str(exc))
+            detail = f" (an allocation of {int(wanted.group(1)) / 2**20:.0f} MB failed)" if wanted else ""
+            result = {"status": "skipped", "reason": f"out of memory under the {memory_gb:g} GB budget{detail}"}
+        else:
+            result = {"status": "error", "reason": f"{type(exc).__name__}: {_first_line(exc)}"}
+    except Exception as exc:  # reported in the row; the benchmark goes on
+        result = {"status": "error", "reason": f"{type(exc).__name__}: {_first_line(exc)}"}
+    conn.send(result)
+    conn.close()
+
+
+def run_isolated(
+    target: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], *, memory_gb: float, timeout_s: float
+) -> dict[str, Any]:
+    """``{"status": "ok", **target(spec)}`` computed in a fresh child process, or why not.
+
+    The child is forked (spawned where fork is unavailable), so it starts with the parent's imports but none
+    of a previous row's allocations; fork before the parent runs any multi-threaded torch work. It runs
+    under ``RLIMIT_DATA = memory_gb``: a failed allocation returns ``status: "skipped"`` with the reason, as
+    do a child killed by a signal and one running past ``timeout_s``; other exceptions give ``"error"``.
+    """
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    proc = context.Process(target=_child, args=(target, spec, memory_gb, send), daemon=True)
+    proc.start()
+    send.close()
+    result = None
+    if receive.poll(timeout_s):  # a result, or EOF when the child died without one
+        try:
+            result = receive.recv()
+        except EOFError:
+            pass
+    else:
+        proc.kill()
+        result = {"status": "skipped", "reason": f"took longer than timeout_s={timeout_s:g}"}
+    proc.join()
+    if result is None:
+        code = proc.exitcode
+        if code is not None and code < 0:
+            result = {"status": "skipped", "reason": f"row process killed by signal {-code} (out of memory?)"}
+        else:
+            result = {"status": "error", "reason": f"row process exited with code {code} without a result"}
+    return result

@@ -1,0 +1,362 @@
+"""Whole-model speed and memory on long inputs: dense SDPA vs sparse patterns through ``patch_model``.
+
+    python scripts/bench_model.py                                    # everything below (hours on 2 CPU cores)
+    python scripts/bench_model.py --models bert --lengths 4096 8192 --patterns sliding_window
+    python scripts/bench_model.py --quick                            # smoke run on tiny shapes (~1 minute)
+    python scripts/bench_model.py --config my_bench.yaml --repeats 5 # settings from YAML, then the flags
+
+Models (random init, fp32, batch 1, all dropout probabilities 0): a BERT-base-shaped encoder
+(``BertConfig()`` + a classification head, positions extended with ``hf_sparse.extend_positions``), a
+GPT-2-small-shaped decoder (``GPT2Config()`` + LM head, positions extended) at each length, and a
+ViT-base-shaped model (``ViTConfig()`` + classification head) at each image size through
+``interpolate_pos_encoding=True`` (448 px = 785 tokens, 896 px = 3,137 tokens). ``local_2d`` runs on ViT, the
+other patterns on the text models. Windows follow ``--density`` (about 1/8 of the dense pairs) unless given.
+
+Modes: ``inference`` (forward under ``torch.no_grad()``, eval mode) and ``train`` (forward with labels +
+``loss.backward()``, train mode, gradients zeroed to ``None`` before each step; no optimizer step).
+
+Time: median wall time of ``--repeats`` runs after ``--warmup`` runs; tokens/s = batch·tokens / median.
+Speed-up = dense median / pattern median for the same model, mode and length, measured in the same run.
+
+Memory (``hf_sparse.profiling``): each row runs in a fresh child process (forked after the imports, before
+any torch work). After the model and inputs are built the child records its resident set (VmRSS) and resets
+the kernel's peak-RSS mark (``/proc/self/clear_refs``, "5"); ``peak_mem_mb`` is the peak RSS (VmHWM) over
+warm-up and timed runs minus that baseline, the same for dense and sparse rows (gradients, activations,
+masks and kernel workspaces count; weights do not). Where the mark cannot be reset the process's
+``ru_maxrss`` is used instead and ``memory_method`` says so.
+
+Rows too large for the machine are skipped, not crashed on: a row whose estimated process memory (libraries,
+weights, gradients, activations that grow with the length, LM-head logits; attention itself not counted)
+exceeds ``--max-memory-gb`` (default 75% of the memory available at start) is not started, and every child
+runs under ``RLIMIT_DATA`` = that budget, so a failed
+allocation or a killed child becomes ``status: skipped`` with the reason. Results: ``<out>/bench_model.json``
+(settings, machine, rows) and ``<out>/bench_model.csv`` (one line per row); a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_sparse.profiling import available_memory_gb, run_isolated
+
+MODELS = ("bert", "gpt2", "vit")
+IMAGE_PATTERNS = ("local_2d",)
+MODES = ("inference", "train")
+
+
+@dataclass
+class BenchConfig:
+    """Every setting of the benchmark (YAML keys = these names; flags override them)."""
+
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192])
+    image_sizes: list[int] = field(default_factory=lambda: [448, 896])
+    patterns: list[str] = field(default_factory=lambda: ["sliding_window", "bigbird", "local_2d"])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    backend: str = "auto"
+    density: float = 0.125
+    window: int | None = None
+    num_global: int = 0
+    pattern_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repeats: int = 3
+    warmup: int = 1
+    threads: int = 2
+    batch: int = 1
+    max_memory_gb: float | None = None
+    timeout_s: float = 3600.0
+    seed: int = 0
+    quick: bool = False
+    out: str = "results/bench_model"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("models", MODELS), ("modes", MODES)):
+            bad = sorted(set(getattr(self, name)) - set(allowed))
+            if bad:
+                raise ValueError(f"unknown {name} {bad}; choose from {', '.join(allowed)}")
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if self.repeats < 1 or self.warmup < 0 or self.threads < 1 or self.batch < 1:
+            raise ValueError("repeats, threads and batch must be >= 1 and warmup >= 0")
+
+    def apply_quick(self) -> None:
+        """Tiny shapes for a smoke run (and the test of this script); one thread, since tiny ops on a busy
+        machine time mostly OpenMP waits."""
+        self.lengths, self.image_sizes = [128, 256], [32, 64]
+        self.repeats, self.warmup, self.threads = min(self.repeats, 2), min(self.warmup, 1), 1
+        self.pattern_options = {"bigbird": {"block_size": 16}, **self.pattern_options}
+
+
+# ---------------------------------------------------------------------------------------------- models
+def build(model_name: str, tokens_or_size: int, quick: bool, seed: int):
+    """``(model, inputs, labels-added inputs)`` for one row; text lengths are tokens, ViT sizes are pixels."""
+    import torch
+    import transformers as tf
+
+    import hf_sparse
+
+    torch.manual_seed(seed)
+    tiny = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=128) if quick else {}
+    gen = torch.Generator().manual_seed(seed)
+    if model_name == "bert":
+        config = tf.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **tiny)
+        model = tf.BertForSequenceClassification(config)
+        hf_sparse.extend_positions(model, max(tokens_or_size, config.max_position_embeddings))
+        inputs = {"input_ids": torch.randint(1000, config.vocab_size, (1, tokens_or_size), generator=gen)}
+        labels = torch.tensor([1])
+    elif model_name == "gpt2":
+        small = dict(n_layer=2, n_head=4, n_embd=64) if quick else {}
+        config = tf.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **small)
+        model = tf.GPT2LMHeadModel(config)
+        hf_sparse.extend_positions(model, max(tokens_or_size, config.n_positions))
+        inputs = {"input_ids": torch.randint(0, config.vocab_size, (1, tokens_or_size), generator=gen)}
+        labels = inputs["input_ids"]
+    else:
+        extra = dict(image_size=16, patch_size=4) if quick else {}
+        config = tf.ViTConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **tiny, **extra)
+        model = tf.ViTForImageClassification(config)
+        size = tokens_or_size
+        inputs = {"pixel_values": torch.randn(1, 3, size, size, generator=gen), "interpolate_pos_encoding": True}
+        labels = torch.tensor([1])
+    return model, inputs, labels
+
+
+def tokens_of(model_name: str, size: int, quick: bool) -> int:
+    if model_name != "vit":
+        return size
+    patch = 4 if quick else 16
+    return (size // patch) ** 2 + 1
+
+
+def pattern_options(cfg: BenchConfig, pattern: str, model_name: str, size: int) -> dict[str, Any]:
+    """Options of ``pattern`` for one row: windows from ``cfg.density`` unless fixed in the config."""
+    options = dict(cfg.pattern_options.get(pattern, {}))
+    tokens = tokens_of(model_name, size, cfg.quick)
+    if pattern == "sliding_window" and "window" not in options:
+        options["window"] = cfg.window or max(1, round((cfg.density * tokens - 1) / 2))
+    if pattern == "local_2d" and "window" not in options:
+        side = math.isqrt(tokens - 1)
+        options["window"] = max(1, round((math.sqrt(cfg.density) * side - 1) / 2))
+    if cfg.num_global and "num_global" not in options:
+        options["num_global"] = cfg.num_global
+    return options
+
+
+def estimate_gb(model_name: str, tokens: int, mode: str, quick: bool) -> float:
+    """Memory a row's process will certainly need (compared with ``max_memory_gb``), in GB.
+
+    ~0.6 GB of libraries, the fp32 weights (and as much again for gradients in training), and activations:
+    per layer and token training keeps ~24 fp32 values of width ``hidden`` plus 2 of width ``4·hidden``,
+    inference holds about two layers' worth; an LM head adds ``tokens × vocab`` logits (3× in training).
+    Attention itself is not counted (it depends on the kernel). Checked against measured peaks at 512
+    tokens (BERT-base train: 0.69 GB measured above the weights vs 0.95 GB estimated; GPT-2 train 1.40 vs 1.41).
+    """
+    hidden, layers, params = (64, 2, 1e6) if quick else (768, 12, 86e6 if model_name != "gpt2" else 124e6)
+    train = mode == "train"
+    per_layer = tokens * (24 * hidden + 2 * 4 * hidden) * 4
+    total = 0.6e9 + params * 4 * (2 if train else 1) + per_layer * (layers if train else 2)
+    if model_name == "gpt2":
+        total += tokens * (64 if quick else 50257) * 4 * (3 if train else 1)
+    return total / 1e9
+
+
+# ---------------------------------------------------------------------------------------------- one row
+def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build, (patch,) warm up, time and measure one row; runs in the row's own process (``run_isolated``)."""
+    import torch
+
+    import hf_sparse
+    from hf_sparse.patterns import MaskContext, clear_caches, density, make_pattern
+    from hf_sparse.profiling import PeakMemory, time_runs
+
+    torch.set_num_threads(spec["threads"])
+    model, inputs, labels = build(spec["model"], spec["size"], spec["quick"], spec["seed"])
+    if spec["batch"] > 1:
+        inputs = {k: v.expand(spec["batch"], *v.shape[1:]) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        labels = labels.expand(spec["batch"], *labels.shape[1:])
+    pattern = None
+    if spec["pattern"] != "dense":
+        pattern = make_pattern(spec["pattern"], **spec["options"])
+        hf_sparse.patch_model(model, pattern, backend=spec["backend"])
+    train = spec["mode"] == "train"
+    model.train(train)
+
+    def step() -> None:
+        if train:
+            model.zero_grad(set_to_none=True)
+            model(**inputs, labels=labels).loss.backward()
+        else:
+            with torch.no_grad():
+                model(**inputs)
+
+    load = os.getloadavg()[0]
+    with PeakMemory() as peak:
+        times = time_runs(step, spec["warmup"], spec["repeats"])
+    used = sorted({b for b in hf_sparse.last_backends(model).values() if b}) if pattern else ["sdpa"]
+    tokens = tokens_of(spec["model"], spec["size"], spec["quick"])
+    kept = 1.0
+    if pattern is not None:  # after the timed runs, so the mask it builds is not in anyone's peak
+        grid = {"image_grid": (math.isqrt(tokens - 1),) * 2, "num_prefix": 1} if spec["model"] == "vit" else {}
+        ctx = MaskContext.for_length(tokens, causal=spec["model"] == "gpt2", **grid)
+        full = (tokens + 1) / (2 * tokens) if ctx.causal else 1.0  # share of pairs dense attention uses
+        kept = density(pattern, ctx) / full
+        clear_caches()
+    return {"times_s": times, "load_avg_1m": round(load, 2), "peak_mem_mb": peak.growth_mb,
+            "memory_method": peak.method, "backends_used": used, "density": round(kept, 4),
+            "pattern_desc": pattern.describe() if pattern else "sdpa"}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def plan_rows(cfg: BenchConfig) -> list[dict[str, Any]]:
+    rows = []
+    for model_name in cfg.models:
+        sizes = cfg.image_sizes if model_name == "vit" else cfg.lengths
+        wanted = [p for p in cfg.patterns if (p in IMAGE_PATTERNS) == (model_name == "vit")]
+        for size in sizes:
+            for mode in cfg.modes:
+                for pattern in ["dense", *wanted]:
+                    options = pattern_options(cfg, pattern, model_name, size) if pattern != "dense" else {}
+                    rows.append({"model": model_name, "mode": mode, "pattern": pattern, "size": size,
+                                 "tokens": tokens_of(model_name, size, cfg.quick), "options": options})
+    return rows
+
+
+def finish_rows(rows: list[dict[str, Any]], cfg: BenchConfig) -> None:
+    """Medians, tokens/s and the ratios against the dense row of the same model, mode and length."""
+    for row in rows:
+        if row["status"] == "ok":
+            row["time_s"] = statistics.median(row["times_s"])
+            row["tokens_per_s"] = round(cfg.batch * row["tokens"] / row["time_s"], 1)
+    dense = {(r["model"], r["mode"], r["size"]): r for r in rows if r["pattern"] == "dense" and r["status"] == "ok"}
+    for row in rows:
+        ref = dense.get((row["model"], row["mode"], row["size"]))
+        ok = row["status"] == "ok" and ref is not None
+        row["speedup_vs_dense"] = round(ref["time_s"] / row["time_s"], 3) if ok else None
+        row["mem_ratio_vs_dense"] = (round(row["peak_mem_mb"] / ref["peak_mem_mb"], 3)
+                                     if ok and ref["peak_mem_mb"] > 0 else None)
+
+
+CSV_FIELDS = ["model", "mode", "tokens", "size", "pattern", "pattern_desc", "backend", "backends_used", "density",
+              "status", "reason", "time_s", "tokens_per_s", "speedup_vs_dense", "peak_mem_mb",
+              "mem_ratio_vs_dense", "est_mem_gb", "memory_method"]
+
+
+def write_results(rows: list[dict[str, Any]], cfg: BenchConfig, meta: dict[str, Any]) -> tuple[Path, Path]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out / "bench_model.json", out / "bench_model.csv"
+    json_path.write_text(json.dumps({"meta": meta, "config": dataclasses.asdict(cfg), "rows": rows}, indent=1))
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "+".join(v) if k == "backends_used" else v for k, v in row.items() if k in CSV_FIELDS})
+    return json_path, csv_path
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'model':5} {'mode':9} {'tokens':>6} {'pattern':14} {'backend':12} {'density':>7} {'time s':>8} "
+          f"{'tok/s':>8} {'speedup':>7} {'peak MB':>8} {'mem/dense':>9}  status")
+    for r in rows:
+        print(f"{r['model']:5} {r['mode']:9} {r['tokens']:>6} {r['pattern']:14} {'+'.join(r.get('backends_used', [])) or '-':12} "
+              f"{_fmt(r.get('density'), '.1%'):>7} {_fmt(r.get('time_s'), '.3f'):>8} {_fmt(r.get('tokens_per_s'), '.0f'):>8} "
+              f"{_fmt(r.get('speedup_vs_dense'), '.2f'):>7} {_fmt(r.get('peak_mem_mb'), '.0f'):>8} "
+              f"{_fmt(r.get('mem_ratio_vs_dense'), '.2f'):>9}  {r['status']}{': ' + r['reason'] if r.get('reason') else ''}")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+
+
+def parse_config(argv: list[str] | None = None) -> BenchConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML file with BenchConfig keys (flags override it)")
+    parser.add_argument("--models", nargs="+", choices=MODELS)
+    parser.add_argument("--lengths", nargs="+", type=int, help="text lengths in tokens")
+    parser.add_argument("--image-sizes", nargs="+", type=int, help="ViT image sizes in pixels (448 -> 785 tokens)")
+    parser.add_argument("--patterns", nargs="+", help="sparse patterns besides dense (local_2d runs on ViT only)")
+    parser.add_argument("--modes", nargs="+", choices=MODES)
+    parser.add_argument("--backend", help="hf_sparse backend: auto (default) or a name from hf_sparse.backend_names()")
+    parser.add_argument("--density", type=float, help="target share of dense pairs for the window sizes (0.125)")
+    parser.add_argument("--window", type=int, help="fixed sliding_window window instead of --density")
+    parser.add_argument("--num-global", type=int, help="global tokens added to every pattern (0)")
+    parser.add_argument("--pattern-options", type=json.loads, help='JSON, e.g. \'{"bigbird": {"block_size": 32}}\'')
+    for name, kind in (("repeats", int), ("warmup", int), ("threads", int), ("batch", int), ("seed", int),
+                       ("max-memory-gb", float), ("timeout-s", float)):
+        parser.add_argument(f"--{name}", type=kind)
+    parser.add_argument("--out", help="output folder (results/bench_model)")
+    parser.add_argument("--quick", action="store_true", default=None, help="tiny shapes, a smoke run")
+    args = parser.parse_args(argv)
+    values = yaml.safe_load(args.config.read_text()) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    cfg = BenchConfig(**values)
+    if cfg.quick:
+        cfg.apply_quick()
+        for key in ("lengths", "image_sizes", "repeats", "warmup", "threads"):  # explicit flags still win
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
+    if cfg.max_memory_gb is None:
+        cfg.max_memory_gb = available_memory_gb(0.75)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse_config(argv)
+    import transformers as tf
+
+    import hf_sparse
+
+    for name in ("BertForSequenceClassification", "GPT2LMHeadModel", "ViTForImageClassification"):
+        getattr(tf, name)  # import the model code once, before the per-row processes are forked
+
+    if cfg.backend not in hf_sparse.backend_names():
+        raise SystemExit(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(hf_sparse.backend_names())}")
+    rows = plan_rows(cfg)
+    print(f"bench_model: {len(rows)} rows, backend={cfg.backend}, threads={cfg.threads}, "
+          f"memory budget {cfg.max_memory_gb} GB", flush=True)
+    for index, row in enumerate(rows, 1):
+        row["backend"] = "sdpa" if row["pattern"] == "dense" else cfg.backend
+        row["est_mem_gb"] = round(estimate_gb(row["model"], row["tokens"] * cfg.batch, row["mode"], cfg.quick), 2)
+        if row["est_mem_gb"] > cfg.max_memory_gb:
+            row.update(status="skipped", reason=f"estimated {row['est_mem_gb']} GB > budget {cfg.max_memory_gb} GB")
+        else:
+            spec = {**row, **{k: getattr(cfg, k) for k in ("backend", "threads", "batch", "seed", "quick", "warmup",
+                                                            "repeats")}}
+            row.update(run_isolated(run_row, spec, memory_gb=cfg.max_memory_gb, timeout_s=cfg.timeout_s))
+        print(f"[{index}/{len(rows)}] {row['model']} {row['mode']} {row['tokens']} {row['pattern']}: {row['status']}"
+              + (f" {statistics.median(row['times_s']):.3f}s" if row["status"] == "ok" else f" ({row['reason']})"),
+              flush=True)
+    finish_rows(rows, cfg)
+    meta = {"machine": machine(), "command": "python scripts/bench_model.py " + " ".join(argv)}
+    json_path, csv_path = write_results(rows, cfg, meta)
+    print_table(rows)
+    print(f"wrote {json_path} and {csv_path}")
+    return 1 if any(r["status"] == "error" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""scripts/bench_model.py in quick mode on tiny shapes: JSON/CSV fields, one row per case, ratios from times."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hf_sparse
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_model.py"
+
+
+def _load_script():
+    if "bench_model" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_model"] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules["bench_model"]
+
+
+def _read(out: Path):
+    data = json.loads((out / "bench_model.json").read_text())
+    with (out / "bench_model.csv").open() as handle:
+        return data, list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
+    bench = _load_script()
+    args = ["--quick", "--models", "bert", "gpt2", "vit", "--lengths", "64", "--image-sizes", "32",
+            "--patterns", "sliding_window", "local_2d", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data, csv_rows = _read(tmp_path)
+    rows = data["rows"]
+
+    cases = {(r["model"], r["mode"], r["tokens"], r["pattern"]) for r in rows}
+    want = {(m, mode, tokens, p) for m, tokens, sparse in (("bert", 64, "sliding_window"), ("gpt2", 64, "sliding_window"),
+                                                           ("vit", 65, "local_2d"))
+            for mode in ("inference", "train") for p in ("dense", sparse)}
+    assert cases == want and len(rows) == len(want) == len(csv_rows)
+    assert list(csv_rows[0]) == bench.CSV_FIELDS
+    assert data["meta"]["machine"]["torch"] and data["config"]["quick"] is True
+    for row, line in zip(rows, csv_rows, strict=True):
+        assert row["status"] == "ok", row
+        assert len(row["times_s"]) == 2 and row["time_s"] == statistics.median(row["times_s"])
+        assert row["tokens_per_s"] == round(row["tokens"] / row["time_s"], 1)
+        assert row["peak_mem_mb"] >= 0 and row["memory_method"].startswith(("VmHWM", "ru_maxrss"))
+        dense = next(r for r in rows if r["pattern"] == "dense" and (r["model"], r["mode"]) == (row["model"], row["mode"]))
+        assert row["speedup_vs_dense"] == round(dense["time_s"] / row["time_s"], 3)
+        assert float(line["speedup_vs_dense"]) == row["speedup_vs_dense"] and line["pattern"] == row["pattern"]
+        if row["pattern"] == "dense":
+            assert row["backends_used"] == ["sdpa"] and row["density"] == 1.0
+        else:
+            assert set(row["backends_used"]) <= set(hf_sparse.backend_names()) and row["backends_used"]
+            assert 0.0 < row["density"] < 0.5, "windows follow --density (1/8)"
+    assert "speedup" in proc.stdout and "wrote" in proc.stdout  # the printed table
+
+
+def test_rows_over_the_memory_budget_are_skipped_with_the_reason(tmp_path, capsys):
+    bench = _load_script()
+    code = bench.main(["--quick", "--models", "bert", "--lengths", "64", "--patterns", "sliding_window", "--modes",
+                       "inference", "--max-memory-gb", "0.01", "--out", str(tmp_path)])  # no row is started
+    assert code == 0
+    data, csv_rows = _read(tmp_path)
+    assert [r["status"] for r in data["rows"]] == ["skipped", "skipped"] and len(csv_rows) == 2
+    assert all("> budget 0.01 GB" in r["reason"] and r["speedup_vs_dense"] is None for r in data["rows"])
+    assert "skipped: estimated" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown models"):
+        bench.BenchConfig(models=["bart"])
