@@ -1,12 +1,14 @@
 """The block-sparse kernel: gather the key/value blocks each query block needs, then let the fused SDPA
 kernel do the math with the query blocks folded into a batch dimension.
 
-Layouts: query ``[B, H, Lq, D]`` is viewed as ``[B, H, nq, bs, D]``; keys/values are gathered into
-``[B, H, nq, K*bs, D]`` (``K`` slots per query block, see :mod:`hf_sparse.kernels.plan`); SDPA runs on these
-5-D tensors with a ``[.., nq, bs, K*bs]`` mask only where a tile is partial, a slot is empty, the model
-masks padding, or a bias is added. Autograd differentiates the gather (an ``index_add`` in backward), so
-training works on every device SDPA supports. Work and memory scale with ``K * bs / Lk``, the fraction of
-key blocks gathered, instead of with ``Lq * Lk``.
+Layouts: query ``[B, H, Lq, D]`` is viewed as ``[B*H, nq, bs, D]``; keys/values are gathered into
+``[B*H, nq, K*bs, D]`` (``K`` slots per query block, see :mod:`hf_sparse.kernels.plan`); SDPA runs on these
+4-D tensors (the layout PyTorch's fused CPU kernel takes) with a ``[.., nq, bs, K*bs]`` mask only where a
+tile is partial, a slot is empty, the model masks padding, or a bias is added. On CPU without dropout,
+training goes through :mod:`hf_sparse.kernels.cpu_flash`, which re-gathers in backward instead of keeping
+the gathered copies; elsewhere autograd differentiates the gather (an ``index_add`` in backward), so
+training works on every device SDPA supports. Work scales with ``K * bs / Lk``, the fraction of key blocks
+gathered, instead of with ``Lq * Lk``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu_flash
 from .call import AttentionCall, additive_bias, expand_kv_heads
 from .plan import BlockSparsePlan, dynamic_plan, static_plan
 
@@ -80,6 +83,16 @@ def _model_tiles(call: AttentionCall, plan: BlockSparsePlan) -> tuple[torch.Tens
     return allowed, bias
 
 
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x [..., L, D]`` zero-padded to ``rows`` rows (no copy when it already has them)."""
+    return x if x.shape[-2] == rows else F.pad(x, (0, 0, 0, rows - x.shape[-2]))
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask -> ``0`` / ``-inf`` in ``dtype`` (the fused CPU kernel takes additive masks)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
     """``[b, h, nq, r, K*bs]`` mask/bias -> 4-D ``[1 or B*H, nq, r, K*bs]`` as the fused CPU kernel needs."""
     if x.shape[0] == 1 and x.shape[1] == 1:
@@ -98,17 +111,14 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     query = call.query
     key, value = expand_kv_heads(call)
     batch, heads, q_len, dim = query.shape
-    kv_len, dim_v = key.shape[2], value.shape[-1]
+    dim_v = value.shape[-1]
     bs, nq, nk, width = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks, plan.slots
 
-    q = F.pad(query, (0, 0, 0, nq * bs - q_len)).reshape(batch * heads, nq, bs, dim)
-    flat = (batch * heads * (nk + 1), bs)
-    k_blocks = F.pad(key, (0, 0, 0, (nk + 1) * bs - kv_len)).reshape(*flat, dim)
-    v_blocks = F.pad(value, (0, 0, 0, (nk + 1) * bs - kv_len)).reshape(*flat, dim_v)
-    base = torch.arange(batch * heads, device=query.device).view(batch, heads, 1, 1) * (nk + 1)
-    gather = (base + plan.indices).reshape(-1)
-    k = k_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim)
-    v = v_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim_v)
+    q = _pad_rows(query, nq * bs).reshape(batch * heads, nq, bs, dim)
+    k_blocks = _pad_rows(key, nk * bs).reshape(batch * heads * nk, bs, dim)
+    v_blocks = _pad_rows(value, nk * bs).reshape(batch * heads * nk, bs, dim_v)
+    base = torch.arange(batch * heads, device=query.device).view(batch, heads, 1, 1) * nk
+    gather = (base + plan.gather_indices).reshape(-1)
 
     model_allowed, bias = _model_tiles(call, plan)
     allowed = plan.tile_mask
@@ -133,9 +143,17 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     if attn_mask is not None:
         attn_mask = _flat4(attn_mask, batch, heads)
 
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=call.scale_value
-    ).view(batch, heads, nq, bs, dim_v)
+    if cpu_flash.available(query, call.dropout_p, dim_v):
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = _additive(attn_mask, query.dtype)
+        out = cpu_flash.GatheredFlashAttention.apply(q, k_blocks, v_blocks, gather, attn_mask, call.scale_value)
+    else:
+        k = k_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim)
+        v = v_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim_v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=call.scale_value
+        )
+    out = out.view(batch, heads, nq, bs, dim_v)
     if empty is not None:
         out = out.masked_fill(empty, 0.0)
     return out.reshape(batch, heads, nq * bs, dim_v)[:, :, :q_len], None

@@ -44,6 +44,11 @@ class BlockSparsePlan:
     computed_fraction: float
 
     @property
+    def gather_indices(self) -> torch.Tensor:
+        """``indices`` with empty slots pointing at block 0 (hidden by the mask), for gathering."""
+        return self.indices.masked_fill(self.indices == self.n_kv_blocks, 0)
+
+    @property
     def slots(self) -> int:
         return self.indices.shape[-1]
 
