@@ -12,6 +12,7 @@ from . import integration as _integration  # noqa: F401  (registers the attentio
 from .config import SparseConfig
 from .integration import IMPLEMENTATION_NAME, ModuleSparseState, get_state
 from .kernels import backend_names, sparse_attention
+from .learned import LearnedGate, TopKBlocks, gate_scope  # registers topk_blocks and learned_gate
 from .patch import (
     apply_saved_patch,
     iter_states,
@@ -45,9 +46,11 @@ from .positions import extend_positions
 __version__ = "0.1.0"
 
 __all__ = [
-    "IMPLEMENTATION_NAME", "BigBird", "BlockLocal", "Dense", "Dilated", "Local2D", "Longformer", "MaskContext",
+    "IMPLEMENTATION_NAME", "BigBird", "BlockLocal", "Dense", "Dilated", "LearnedGate", "Local2D", "Longformer",
+    "MaskContext",
     "ModuleSparseState", "Pattern", "RandomBlocks", "SlidingWindow", "SparseConfig", "Strided",
-    "allowed_matrix", "apply_saved_patch", "backend_names", "block_layout", "density", "extend_positions", "get_state",
+    "TopKBlocks", "allowed_matrix", "apply_saved_patch", "backend_names", "block_layout", "density",
+    "extend_positions", "gate_scope", "get_state",
     "iter_states", "last_backends", "load_patched", "make_pattern", "patch_model", "patched_modules",
     "pattern_names", "register_pattern", "sparse_attention", "unpatch_model",
 ]

@@ -18,6 +18,7 @@ import torch
 from .config import SparseConfig
 from .integration import IMPLEMENTATION_NAME, STATE_ATTR, ModuleSparseState, get_state
 from .kernels import backend_names
+from .learned.weights import restore_added_weights
 from .models import AttentionSite, check_supported, image_layout, model_type
 
 SAVED_KEY = "hf_sparse"
@@ -235,16 +236,25 @@ def apply_saved_patch(model: torch.nn.Module) -> torch.nn.Module:
         )
     delattr(model.config, SAVED_KEY)
     by_name = {s.name: s for s in check_supported(model)}
+    prefix = getattr(model, "base_model_prefix", "") or ""
     for rule in saved["rules"]:
-        missing = [n for n in rule["modules"] if n not in by_name]
+        # a base model's checkpoint loaded into its head model (or back) names modules with/without the prefix
+        found = {n: next((c for c in (n, f"{prefix}.{n}", n.removeprefix(f"{prefix}.")) if c in by_name), None)
+                 for n in rule["modules"]}
+        missing = [n for n, site in found.items() if site is None]
         if missing:
             raise ValueError(f"saved hf_sparse settings name module(s) this model does not have: {_preview(missing)}")
-        _apply(model, SparseConfig.from_dict(rule["config"]), [by_name[n] for n in rule["modules"]])
+        _apply(model, SparseConfig.from_dict(rule["config"]), [by_name[c] for c in found.values()])
     return model
 
 
 def load_patched(model_class: Any, path: str, **from_pretrained_kwargs: Any) -> torch.nn.Module:
     """``model_class.from_pretrained(path, ...)`` followed by :func:`apply_saved_patch`: reloads a patched
-    model saved with ``save_pretrained`` with the same sparse settings."""
+    model saved with ``save_pretrained`` with the same sparse settings, and with the saved values of any
+    parameters the patterns add (``learned_gate``'s gates)."""
     model = model_class.from_pretrained(path, **from_pretrained_kwargs)
-    return apply_saved_patch(model)
+    before = set(model.state_dict())
+    apply_saved_patch(model)
+    # Parameters a pattern adds (learned gates) did not exist when from_pretrained loaded the weights.
+    restore_added_weights(model, path, set(model.state_dict()) - before, **from_pretrained_kwargs)
+    return model
