@@ -61,7 +61,7 @@ def test_backend_low_precision(backend, dtype):
 def test_backend_forward_only_inference(backend):
     """Inference (no autograd) on a slice of the cases: covers backends without a backward here (flex on CPU)."""
     checked = 0
-    for case in CASES[:48]:
+    for case in CASES[:24]:
         call = case.call(requires_grad=False)
         if BACKENDS[backend].unsupported(call) is not None:
             continue
@@ -69,7 +69,7 @@ def test_backend_forward_only_inference(backend):
         want, _ = reference_attention(call)
         torch.testing.assert_close(out, want, **FP32_TOL, msg=lambda m, c=case: f"{c}\n{m}")
         checked += 1
-    assert checked >= 40, f"only {checked} of 48 cases ran on {backend}"
+    assert checked >= 20, f"only {checked} of 24 cases ran on {backend}"
 
 
 def test_blocksparse_cpu_training_path_in_small_chunks(monkeypatch):
@@ -77,7 +77,7 @@ def test_blocksparse_cpu_training_path_in_small_chunks(monkeypatch):
     from hf_sparse.kernels import cpu_flash
 
     monkeypatch.setattr(cpu_flash, "CHUNK_BYTES", 1)
-    for case in CASES[:30]:
+    for case in CASES[:12]:
         call = case.call()
         out, _ = BACKENDS["blocksparse"].run(call)
         want, _ = reference_attention(call)

@@ -86,16 +86,20 @@ def test_topk_equals_reference_with_its_explicitly_built_selection(case):
 
     explicit = _explicit_mask(kept, (batch, hq, lq, lk), ctx, bs)
     want, _ = reference_attention(AttentionCall(q, k, v, Dense(), MaskContext(lq, lk, lk - lq), attention_mask=explicit))
-    for backend in ("reference", "masked_sdpa", "auto"):
+    for backend in ("reference", "masked_sdpa", "blocksparse", "auto"):
         got, _ = sparse_attention(q, k, v, pattern, is_causal=causal, backend=backend)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    # gradients flow through the attention over the kept blocks (and nowhere else)
-    got, _ = sparse_attention(q, k, v, pattern, is_causal=causal)
-    grads = torch.autograd.grad(got.square().sum(), (q, k, v))
+    with torch.no_grad():
+        got, _ = sparse_attention(q, k, v, pattern, is_causal=causal, backend="flex")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # gradients flow through the attention over the kept blocks (and nowhere else), in every trainable kernel
     ref_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
-    assert grads[0].abs().sum() > 0 and grads[2].abs().sum() > 0
+    for backend in ("masked_sdpa", "blocksparse"):
+        got, _ = sparse_attention(q, k, v, pattern, is_causal=causal, backend=backend)
+        grads = torch.autograd.grad(got.square().sum(), (q, k, v))
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+        assert grads[0].abs().sum() > 0 and grads[2].abs().sum() > 0
 
 
 def test_layout_covers_the_mask_and_marks_full_tiles():

@@ -107,10 +107,13 @@ def flex_attention_backend(call: AttentionCall) -> tuple[torch.Tensor, None]:
             return score + full[b, h % full.shape[1], q_idx, kv_idx].to(score.dtype)
 
     gqa = call.key.shape[1] != heads
+    query, key, value = call.query, call.key, call.value
+    if not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad even under no_grad
+        query, key, value = query.detach(), key.detach(), value.detach()
     with warnings.catch_warnings():  # eager (uncompiled) flex is deliberate for small CPU calls
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out = _flex_fn(compiled)(
-            call.query, call.key, call.value, score_mod=score_mod, block_mask=block_mask,
+            query, key, value, score_mod=score_mod, block_mask=block_mask,
             scale=call.scale_value, enable_gqa=gqa,
         )
     return out, None
