@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -35,6 +36,8 @@ def pattern_for(name: str, length: int) -> tuple[Pattern, MaskContext]:
     ctx = MaskContext.for_length(length)
     if name == "sliding_window":
         return make_pattern(name, window=length // 16), ctx
+    if name == "sliding_window_256":  # a fixed window: density falls as the length grows
+        return make_pattern("sliding_window", window=256), ctx
     if name == "bigbird":  # 3 window + 2 global + 3 random blocks of 64 per query block
         return make_pattern(name, block_size=max(64, length // 64)), ctx
     if name == "strided":
@@ -133,7 +136,8 @@ def bench_row(name: str, length: int, backward: bool, args) -> Row:
 
 def environment(args) -> dict:
     env = {
-        "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+        "flex_compiled": os.environ.get("HF_SPARSE_FLEX_COMPILE") == "1", "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
         "head_dim": args.head_dim, "repeats": args.repeats, "warmup": args.warmup,
@@ -157,7 +161,8 @@ def print_table(rows: list[Row], backends: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patterns", nargs="+", default=["sliding_window", "bigbird", "strided", "local_2d"])
+    parser.add_argument("--patterns", nargs="+",
+                        default=["sliding_window", "sliding_window_256", "bigbird", "strided", "local_2d"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096, 8192])
     parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
     parser.add_argument("--backends", nargs="+", default=["blocksparse", "flex"],
@@ -177,6 +182,8 @@ def main() -> None:
         parser.error(f"unknown backend(s) {unknown}; known: {sorted(BACKENDS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Time compiled FlexAttention at every length (compilation happens in the warm-up, outside the timings).
+    os.environ.setdefault("HF_SPARSE_FLEX_COMPILE", "1")
 
     rows = []
     for name in args.patterns:

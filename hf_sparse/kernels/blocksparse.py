@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from . import cpu_flash
 from .call import AttentionCall, additive_bias, expand_kv_heads
-from .plan import BlockSparsePlan, dynamic_plan, static_plan
+from .plan import BlockSparsePlan, PlanGroup, dynamic_plan, static_plan
 
 #: Tile edge used when neither the call nor the pattern names one (measured on CPU: DESIGN.md section 3).
 CPU_LONG_BLOCK, SHORT_BLOCK, LONG_LENGTH = 128, 64, 2048
@@ -45,41 +45,39 @@ def plan_for(call: AttentionCall) -> BlockSparsePlan:
     return call.cache["plan"]
 
 
-def _gather_tiles(x: torch.Tensor, plan: BlockSparsePlan, rows_blocked: bool) -> torch.Tensor:
-    """Gather key-block tiles of a mask or bias ``x`` broadcastable to ``[B, H, Lq, Lk]``.
+def _gather_tiles(x: torch.Tensor, plan: BlockSparsePlan, group: PlanGroup, rows_blocked: bool) -> torch.Tensor:
+    """Gather the group's key-block tiles of a mask or bias ``x`` broadcastable to ``[B, H, Lq, Lk]``.
 
-    Returns ``[b, h, nq, bs or 1, K*bs]`` (``b``/``h`` as in ``x``, or ``B``/``H`` for per-head plans).
+    Returns ``[b, h, nr, bs or 1, K*bs]`` (``b``/``h`` as in ``x``, or ``B``/``H`` for per-head plans).
     ``rows_blocked=False`` treats ``x`` as constant along queries (a key-padding mask).
     """
     bs, nq, nk = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks
     fill = False if x.dtype == torch.bool else 0.0
-    rows = x[:, :, :1] if not rows_blocked else x
+    rows = x if rows_blocked else x[:, :, :1]
     rows = F.pad(rows, (0, (nk + 1) * bs - x.shape[-1], 0, (nq * bs - x.shape[-2]) if rows_blocked else 0), value=fill)
     r = bs if rows_blocked else 1
-    n_rows = nq if rows_blocked else 1
-    tiles = rows.reshape(*rows.shape[:2], n_rows, r, nk + 1, bs).transpose(3, 4)  # [b, h, nq|1, nk+1, r, bs]
-    idx = plan.indices
+    tiles = rows.reshape(*rows.shape[:2], -1, r, nk + 1, bs).transpose(3, 4)  # [b, h, nq|1, nk+1, r, bs]
+    idx = group.indices
+    qb = group.rows if rows_blocked else torch.zeros_like(group.rows)
     if plan.per_head:
         b = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1, 1) % tiles.shape[0]
         h = torch.arange(idx.shape[1], device=idx.device).view(1, -1, 1, 1) % tiles.shape[1]
-        qb = torch.arange(nq, device=idx.device).view(1, 1, -1, 1) % n_rows
-        picked = tiles[b, h, qb, idx]                                          # [B, H, nq, K, r, bs]
+        picked = tiles[b, h, qb.view(1, 1, -1, 1), idx]                          # [B, H, nr, K, r, bs]
     else:
-        qb = torch.arange(nq, device=idx.device).view(-1, 1) % n_rows
-        picked = tiles[:, :, qb, idx]                                          # [b, h, nq, K, r, bs]
-    return picked.transpose(3, 4).reshape(*picked.shape[:3], r, plan.slots * bs)
+        picked = tiles[:, :, qb.view(-1, 1), idx]                                # [b, h, nr, K, r, bs]
+    return picked.transpose(3, 4).reshape(*picked.shape[:3], r, group.slots * bs)
 
 
-def _model_tiles(call: AttentionCall, plan: BlockSparsePlan) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The model's boolean mask and additive bias, gathered onto the plan's tiles."""
+def _model_tiles(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup):
+    """The model's boolean mask and additive bias, gathered onto the group's tiles (or ``None``)."""
     allowed = bias = None
     mask = call.attention_mask
     if mask is not None and mask.dtype == torch.bool:
         key_padding_only = mask.shape[-2] == 1 or mask.stride(-2) == 0
-        allowed = _gather_tiles(mask, plan, rows_blocked=not key_padding_only)
+        allowed = _gather_tiles(mask, plan, group, rows_blocked=not key_padding_only)
     extra = additive_bias(call)
     if extra is not None:
-        bias = _gather_tiles(extra, plan, rows_blocked=extra.shape[-2] != 1 and extra.stride(-2) != 0)
+        bias = _gather_tiles(extra, plan, group, rows_blocked=extra.shape[-2] != 1 and extra.stride(-2) != 0)
     return allowed, bias
 
 
@@ -94,66 +92,78 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
-    """``[b, h, nq, r, K*bs]`` mask/bias -> 4-D ``[1 or B*H, nq, r, K*bs]`` as the fused CPU kernel needs."""
+    """``[b, h, nr, r, K*bs]`` mask/bias -> 4-D ``[1 or B*H, nr, r, K*bs]`` as the fused CPU kernel needs."""
     if x.shape[0] == 1 and x.shape[1] == 1:
         return x[0]
     return x.expand(batch, heads, *x.shape[2:]).reshape(batch * heads, *x.shape[2:])
 
 
+def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, batch: int, heads: int):
+    """``(attn_mask 4-D or None, rows to zero or None)`` for one group: pattern tiles, model mask, bias."""
+    q_len, bs, nr = call.ctx.q_len, plan.block_size, group.rows.numel()
+    model_allowed, bias = _model_tiles(call, plan, group)
+    allowed = group.tile_mask
+    if allowed is not None:
+        allowed = allowed[None, None] if allowed.dim() == 3 else allowed
+    empty = group.empty_rows
+    if model_allowed is not None:
+        allowed = model_allowed if allowed is None else allowed & model_allowed
+        row_any = allowed.any(dim=-1, keepdim=True)
+        allowed = allowed | ~row_any  # rows left with nothing are computed unmasked, then zeroed
+        in_range = ((group.rows.view(-1, 1) * bs + torch.arange(bs, device=group.rows.device)) < q_len).view(nr, bs, 1)
+        empty = ~row_any & in_range if empty is None else (~row_any & in_range) | empty
+    attn_mask = allowed
+    if bias is not None:
+        attn_mask = bias.to(call.query.dtype)
+        if allowed is not None:
+            attn_mask = torch.where(allowed, attn_mask, torch.tensor(float("-inf"), dtype=call.query.dtype))
+    if attn_mask is not None:
+        attn_mask = _flat4(attn_mask, batch, heads)
+    if empty is not None and empty.dim() > 3:
+        empty = _flat4(empty, batch, heads)
+    return attn_mask, empty
+
+
 def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     """Block-sparse attention; exact for every pattern (see :mod:`hf_sparse.kernels.call` for semantics).
 
-    The fused SDPA kernel runs on 4-D tensors ``[B*H, nq, bs, D]`` x ``[B*H, nq, K*bs, D]`` (a 4-D mask keeps
-    PyTorch's CPU flash kernel, with its backward, instead of the unfused math path).
-    Returns ``(out [B, Hq, Lq, Dv], None)``.
+    For each row group of the plan, the fused SDPA kernel runs on 4-D tensors ``[B*H, nr, bs, D]`` x
+    ``[B*H, nr, K*bs, D]`` (a 4-D mask keeps PyTorch's CPU flash kernel, with its backward, instead of the
+    unfused math path). Returns ``(out [B, Hq, Lq, Dv], None)``.
     """
     plan = plan_for(call)
     query = call.query
     key, value = expand_kv_heads(call)
     batch, heads, q_len, dim = query.shape
     dim_v = value.shape[-1]
-    bs, nq, nk, width = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks, plan.slots
+    bs, nq, nk = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks
+    n = batch * heads
 
-    q = _pad_rows(query, nq * bs).reshape(batch * heads, nq, bs, dim)
-    k_blocks = _pad_rows(key, nk * bs).reshape(batch * heads * nk, bs, dim)
-    v_blocks = _pad_rows(value, nk * bs).reshape(batch * heads * nk, bs, dim_v)
-    base = torch.arange(batch * heads, device=query.device).view(batch, heads, 1, 1) * nk
-    gather = (base + plan.gather_indices).reshape(-1)
-
-    model_allowed, bias = _model_tiles(call, plan)
-    allowed = plan.tile_mask
-    if allowed is not None and allowed.dim() == 3:
-        allowed = allowed[None, None]
-    elif allowed is not None:
-        allowed = allowed.view(batch, heads, *allowed.shape[2:])
-    empty = plan.empty_rows
-    if model_allowed is not None:
-        allowed = model_allowed if allowed is None else allowed & model_allowed
-        row_any = allowed.any(dim=-1, keepdim=True)
-        allowed = allowed | ~row_any  # rows left with nothing are computed unmasked, then zeroed
-        in_range = (torch.arange(nq * bs, device=query.device) < q_len).view(nq, bs, 1)
-        empty = ~row_any & in_range if empty is None else (~row_any & in_range) | empty
-    attn_mask = None
-    if bias is not None:
-        attn_mask = bias.to(query.dtype)
-        if allowed is not None:
-            attn_mask = torch.where(allowed, attn_mask, torch.tensor(float("-inf"), dtype=query.dtype))
-    elif allowed is not None:
-        attn_mask = allowed
-    if attn_mask is not None:
-        attn_mask = _flat4(attn_mask, batch, heads)
-
-    if cpu_flash.available(query, call.dropout_p, dim_v):
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = _additive(attn_mask, query.dtype)
-        out = cpu_flash.GatheredFlashAttention.apply(q, k_blocks, v_blocks, gather, attn_mask, call.scale_value)
-    else:
-        k = k_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim)
-        v = v_blocks.index_select(0, gather).view(batch * heads, nq, width * bs, dim_v)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=call.scale_value
-        )
-    out = out.view(batch, heads, nq, bs, dim_v)
-    if empty is not None:
-        out = out.masked_fill(empty, 0.0)
+    q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)
+    k_blocks = _pad_rows(key, nk * bs).reshape(n * nk, bs, dim)
+    v_blocks = _pad_rows(value, nk * bs).reshape(n * nk, bs, dim_v)
+    base = torch.arange(n, device=query.device).view(batch, heads, 1, 1) * nk
+    fused = cpu_flash.available(query, call.dropout_p, dim_v)
+    outs = []
+    for group in plan.groups:
+        nr, width = group.rows.numel(), group.slots
+        q_g = q if nr == nq else q.index_select(1, group.rows)
+        gather = (base + group.gather_indices(nk)).reshape(-1)
+        attn_mask, empty = _group_mask(call, plan, group, batch, heads)
+        if fused:
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
+                attn_mask = _additive(attn_mask, query.dtype)
+            out = cpu_flash.GatheredFlashAttention.apply(q_g, k_blocks, v_blocks, gather, attn_mask, call.scale_value)
+        else:
+            k = k_blocks.index_select(0, gather).view(n, nr, width * bs, dim)
+            v = v_blocks.index_select(0, gather).view(n, nr, width * bs, dim_v)
+            out = F.scaled_dot_product_attention(
+                q_g, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=call.scale_value
+            )
+        if empty is not None:
+            out = out.masked_fill(empty, 0.0)
+        outs.append(out)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    if plan.order is not None:
+        out = out.index_select(1, plan.order)
     return out.reshape(batch, heads, nq * bs, dim_v)[:, :, :q_len], None

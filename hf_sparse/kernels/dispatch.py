@@ -65,16 +65,15 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
     return "masked_sdpa", "the sequence is too short or the pattern too dense for gathering blocks to pay"
 
 
-#: Gathering blocks pays once a query block reads at most this fraction of the (padded) keys.
+#: Gathering blocks pays once at most this fraction of the attention tiles is computed.
 BLOCKSPARSE_MAX_FRACTION = 0.5
 
 
 def _sparse_enough(call: AttentionCall) -> str | None:
     """A description of the saving if block-sparse computation pays for ``call``, else ``None``."""
-    plan = plan_for(call)
-    gathered = plan.slots * plan.block_size
-    if gathered <= BLOCKSPARSE_MAX_FRACTION * (plan.n_kv_blocks + 1) * plan.block_size:
-        return f"each query block reads {gathered} of {call.ctx.kv_len} keys"
+    fraction = plan_for(call).computed_fraction
+    if fraction <= BLOCKSPARSE_MAX_FRACTION:
+        return f"it computes {fraction:.0%} of the key blocks"
     return None
 
 

@@ -18,43 +18,64 @@ from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, block_layout,
 
 
 @dataclass(frozen=True)
-class BlockSparsePlan:
-    """Gather table and tile mask of one pattern at one shape.
+class PlanGroup:
+    """Query-block rows that gather the same number of key blocks.
 
     Attributes:
-        block_size: tile edge ``bs``.
-        n_q_blocks / n_kv_blocks: ``ceil(Lq / bs)`` / ``ceil(Lk / bs)``.
-        indices: ``[*P, n_q_blocks, K]`` int64 key-block ids per query block, ascending; ``n_kv_blocks``
-            marks an empty slot. ``P`` is ``()`` for fixed patterns and ``(B, Hq)`` for dynamic ones.
-        tile_mask: ``[*P, n_q_blocks, bs, K * bs]`` bool, ``True`` where the pattern allows the pair (pattern
-            and sequence ends only, not the model's padding), or ``None`` when every gathered pair is allowed.
+        rows: ``[nr]`` int64 query-block ids, ascending.
+        indices: ``[*P, nr, K]`` int64 key-block ids per row, ascending; ``n_kv_blocks`` marks an empty slot.
+            ``P`` is ``()`` for fixed patterns and ``(B, Hq)`` for dynamic ones.
+        tile_mask: ``[*P, nr, bs, K * bs]`` bool, ``True`` where the pattern allows the pair (pattern and
+            sequence ends only, not the model's padding), or ``None`` when every gathered pair is allowed.
             Rows that would allow nothing (query rows past the end, rows the pattern leaves empty) allow
             their whole tile instead, so fused kernels never see an empty row.
-        empty_rows: ``[*P, n_q_blocks, bs, 1]`` bool marking in-range rows the pattern leaves empty (their
-            output must be zeroed), or ``None`` if there are none.
-        computed_fraction: gathered tiles / all tiles (the work a kernel does relative to dense).
+        empty_rows: ``[*P, nr, bs, 1]`` bool marking in-range rows the pattern leaves empty (their output
+            must be zeroed), or ``None`` if there are none.
     """
 
-    block_size: int
-    n_q_blocks: int
-    n_kv_blocks: int
+    rows: torch.Tensor
     indices: torch.Tensor
     tile_mask: torch.Tensor | None
     empty_rows: torch.Tensor | None
-    computed_fraction: float
-
-    @property
-    def gather_indices(self) -> torch.Tensor:
-        """``indices`` with empty slots pointing at block 0 (hidden by the mask), for gathering."""
-        return self.indices.masked_fill(self.indices == self.n_kv_blocks, 0)
 
     @property
     def slots(self) -> int:
         return self.indices.shape[-1]
 
+    def gather_indices(self, n_kv_blocks: int) -> torch.Tensor:
+        """``indices`` with empty slots pointing at block 0 (hidden by the mask), for gathering."""
+        return self.indices.masked_fill(self.indices == n_kv_blocks, 0)
+
+
+@dataclass(frozen=True)
+class BlockSparsePlan:
+    """Gather tables and tile masks of one pattern at one shape, in groups of rows of equal width.
+
+    Grouping keeps a few wide rows (BigBird's global blocks attend everything) from widening all others.
+
+    Attributes:
+        block_size: tile edge ``bs``.
+        n_q_blocks / n_kv_blocks: ``ceil(Lq / bs)`` / ``ceil(Lk / bs)``.
+        groups: the row groups; together they cover every query block once.
+        order: ``[n_q_blocks]`` positions that restore query-block order after concatenating the groups'
+            outputs, or ``None`` when the groups are already in order.
+    """
+
+    block_size: int
+    n_q_blocks: int
+    n_kv_blocks: int
+    groups: tuple[PlanGroup, ...]
+    order: torch.Tensor | None
+
     @property
     def per_head(self) -> bool:
-        return self.indices.dim() == 4
+        return self.groups[0].indices.dim() == 4
+
+    @property
+    def computed_fraction(self) -> float:
+        """Gathered tiles / all tiles: the work a kernel does relative to dense attention."""
+        gathered = sum(g.rows.numel() * g.slots for g in self.groups)
+        return gathered / max(self.n_q_blocks * self.n_kv_blocks, 1)
 
 
 def _indices(active: torch.Tensor, n_kv: int) -> torch.Tensor:
@@ -66,38 +87,59 @@ def _indices(active: torch.Tensor, n_kv: int) -> torch.Tensor:
     return torch.where(slot < counts[..., None], order, torch.full_like(order, n_kv))
 
 
-def _tile_mask(mod: MaskMod, ctx: MaskContext, indices: torch.Tensor, bs: int, n_kv: int) -> torch.Tensor:
-    """``[*P, nq, bs, K*bs]`` bool: pattern mask on the gathered tiles, False outside the sequences."""
+def _tile_mask(mod: MaskMod, ctx: MaskContext, indices: torch.Tensor, rows: torch.Tensor, bs: int,
+               n_kv: int) -> torch.Tensor:
+    """``[*P, nr, bs, K*bs]`` bool: pattern mask on the gathered tiles, False outside the sequences."""
     dev = indices.device
-    nq, width = indices.shape[-2], indices.shape[-1]
-    rows = torch.arange(nq * bs, device=dev).view(nq, 1, bs, 1)            # query row in the call
-    cols = indices[..., None, None] * bs + torch.arange(bs, device=dev)     # [*P, nq, K, 1, bs]
-    valid = (rows < ctx.q_len) & (cols < ctx.kv_len) & (indices[..., None, None] < n_kv)
-    q_pos = (rows + ctx.q_offset).clamp(max=max(ctx.q_offset + ctx.q_len - 1, 0))
+    width = indices.shape[-1]
+    q_rows = (rows.view(-1, 1) * bs + torch.arange(bs, device=dev)).view(-1, 1, bs, 1)  # query row in the call
+    cols = indices[..., None, None] * bs + torch.arange(bs, device=dev)                  # [*P, nr, K, 1, bs]
+    valid = (q_rows < ctx.q_len) & (cols < ctx.kv_len) & (indices[..., None, None] < n_kv)
+    q_pos = (q_rows + ctx.q_offset).clamp(max=max(ctx.q_offset + ctx.q_len - 1, 0))
     kv_pos = cols.clamp(max=max(ctx.kv_len - 1, 0))
     if indices.dim() == 4:
         b = torch.arange(indices.shape[0], device=dev).view(-1, 1, 1, 1, 1, 1)
         h = torch.arange(indices.shape[1], device=dev).view(1, -1, 1, 1, 1, 1)
     else:
         b = h = torch.zeros((), dtype=torch.long, device=dev)
-    allowed = mod(b, h, q_pos, kv_pos) & valid                               # [*P, nq, K, bs, bs]
+    allowed = mod(b, h, q_pos, kv_pos) & valid                                           # [*P, nr, K, bs, bs]
     allowed = allowed.expand(*indices.shape, bs, bs)
     return allowed.transpose(-2, -3).reshape(*indices.shape[:-1], bs, width * bs)
 
 
-def _plan(layout: BlockLayout, mod: MaskMod, ctx: MaskContext, bs: int) -> BlockSparsePlan:
-    n_q, n_kv = layout.active.shape[-2], layout.active.shape[-1]
-    indices = _indices(layout.active, n_kv)
-    tile_mask = _tile_mask(mod, ctx, indices, bs, n_kv)
+def _group(active: torch.Tensor, rows: torch.Tensor, mod: MaskMod, ctx: MaskContext, bs: int) -> PlanGroup:
+    n_kv = active.shape[-1]
+    indices = _indices(active[..., rows, :], n_kv)
+    tile_mask = _tile_mask(mod, ctx, indices, rows, bs, n_kv)
     row_any = tile_mask.any(dim=-1, keepdim=True)
-    in_range = (torch.arange(n_q * bs, device=indices.device) < ctx.q_len).view(n_q, bs, 1)
+    in_range = ((rows.view(-1, 1) * bs + torch.arange(bs, device=rows.device)) < ctx.q_len).view(-1, bs, 1)
     empty = ~row_any & in_range
     tile_mask = tile_mask | ~row_any
-    computed = indices.shape[-1] * n_q / max(n_q * n_kv, 1)
-    return BlockSparsePlan(
-        bs, n_q, n_kv, indices, None if bool(tile_mask.all()) else tile_mask,
-        empty if bool(empty.any()) else None, computed,
-    )
+    return PlanGroup(rows, indices, None if bool(tile_mask.all()) else tile_mask, empty if bool(empty.any()) else None)
+
+
+def _row_groups(counts: torch.Tensor, widen: float = 2.0) -> list[torch.Tensor]:
+    """Query-block rows grouped by how many key blocks they read: a group's widest row reads at most
+    ``widen`` times its narrowest (so padding to the widest wastes at most that factor)."""
+    order = torch.argsort(counts, stable=True)
+    groups, start = [], 0
+    sorted_counts = counts[order].tolist()
+    for i in range(1, len(sorted_counts) + 1):
+        if i == len(sorted_counts) or sorted_counts[i] > widen * max(sorted_counts[start], 1):
+            groups.append(order[start:i].sort().values)
+            start = i
+    return groups
+
+
+def _plan(layout: BlockLayout, mod: MaskMod, ctx: MaskContext, bs: int) -> BlockSparsePlan:
+    n_q, n_kv = layout.active.shape[-2], layout.active.shape[-1]
+    all_rows = torch.arange(n_q, device=layout.active.device)
+    # Per-head (dynamic) layouts stay one group: their rows differ between heads.
+    row_sets = _row_groups(layout.active.sum(-1)) if layout.active.dim() == 2 else [all_rows]
+    groups = tuple(_group(layout.active, rows, mod, ctx, bs) for rows in row_sets)
+    concatenated = torch.cat([g.rows for g in groups])
+    order = None if torch.equal(concatenated, all_rows) else torch.argsort(concatenated)
+    return BlockSparsePlan(bs, n_q, n_kv, groups, order)
 
 
 def static_plan(pattern: Pattern, ctx: MaskContext, bs: int, device: torch.device | str) -> BlockSparsePlan:
