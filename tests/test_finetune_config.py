@@ -1,0 +1,78 @@
+"""Run configs: every shipped YAML loads and round-trips; dotted overrides; bad configs fail fast with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_sparse.finetune import ConfigError, RunConfig, apply_overrides, get_task, task_names
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/[!a]*/*.yaml"))
+
+
+def test_shipped_configs_cover_the_tasks_and_patterns():
+    names = {f"{p.parent.name}/{p.stem}" for p in CONFIGS}
+    assert {"sentiment/dense", "sentiment/sliding_window", "sentiment/bigbird", "sentiment/strided",
+            "image/dense", "image/local_2d", "image/strided"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_loads_and_round_trips(path):
+    cfg = RunConfig.load(path)
+    assert cfg.task == path.parent.name
+    assert RunConfig.from_yaml(cfg.to_yaml()) == cfg
+    assert RunConfig.from_dict(yaml.safe_load(path.read_text())) == cfg
+    sparse = cfg.sparse_config()
+    assert (sparse is None) == (path.stem == "dense")
+    if sparse is not None:
+        assert sparse.pattern.name == {"sliding_window": "sliding_window", "bigbird": "bigbird", "strided": "strided",
+                                       "local_2d": "local_2d"}[path.stem]
+
+
+def test_dotted_overrides():
+    path = Path(__file__).resolve().parent.parent / "configs/sentiment/sliding_window.yaml"
+    cfg = RunConfig.load(path, ["--train.epochs", "2", "--sparse.options.window", "8", "--data.max_train_samples=64",
+                                "--model.config", "{hidden_dropout_prob: 0.2}", "--train.learning_rate", "1e-4"])
+    assert (cfg.train.epochs, cfg.data.max_train_samples, cfg.train.learning_rate) == (2, 64, 1e-4)
+    assert cfg.sparse_config().pattern.window == 8 and cfg.sparse_config().pattern.num_global == 1
+    assert cfg.model.config == {"hidden_dropout_prob": 0.2}
+    assert RunConfig.load(path, ["--sparse", "null"]).sparse is None
+    dense = Path(__file__).resolve().parent.parent / "configs/sentiment/dense.yaml"
+    made_sparse = RunConfig.load(dense, ["--sparse.pattern", "strided", "--sparse.options.stride", "4"])
+    assert made_sparse.sparse_config().pattern.stride == 4
+    assert apply_overrides({"a": {"b": 1}}, ["--a.c", "[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--train.epoch", "1"], r"unknown config key 'train.epoch' \(did you mean 'train.epochs'\?\)"),
+    (["--optimizer", "sgd"], r"unknown config key 'optimizer'"),
+    (["--train.epochs", "three"], r"config key 'train.epochs' must be int, got str: 'three'"),
+    (["--train.batch_size", "true"], r"config key 'train.batch_size' must be int, got bool"),
+    (["--train.learning_rate", "fast"], r"config key 'train.learning_rate' must be float"),
+    (["--data.max_train_samples", "0"], r"'data.max_train_samples' must be > 0 or null"),
+    (["--train.mixed_precision", "fp8"], r"train.mixed_precision must be one of no, bf16, fp16"),
+    (["--train.lr_scheduler", "triangle"], r"train.lr_scheduler 'triangle' is unknown"),
+    (["--sparse.pattern", "slidng_window"], r"sparse: unknown sparse pattern 'slidng_window'"),
+    (["--sparse.options.window", "-1"], r"sparse: sliding_window: window must be >= 1"),
+    (["--sparse.backend", "magic"], r"unknown backend 'magic'"),
+    (["--model", "minilm"], r"model must be a mapping"),
+    (["--train.epochs"], r"override --train.epochs has no value"),
+])
+def test_bad_configs_fail_with_one_line(overrides, message):
+    path = Path(__file__).resolve().parent.parent / "configs/sentiment/sliding_window.yaml"
+    with pytest.raises(ConfigError, match=message) as info:
+        RunConfig.load(path, overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_task_and_missing_file(tmp_path):
+    assert {"sentiment", "image"} <= set(task_names())
+    with pytest.raises(ConfigError, match=r"unknown task 'poetry'; choose one of: .*sentiment"):
+        get_task("poetry")
+    with pytest.raises(ConfigError, match="does not exist"):
+        RunConfig.load(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        RunConfig.load(tmp_path / "list.yaml")
