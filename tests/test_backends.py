@@ -84,3 +84,17 @@ def test_blocksparse_cpu_training_path_in_small_chunks(monkeypatch):
         torch.testing.assert_close(out, want, **FP32_TOL, msg=lambda m, c=case: f"{c}\n{m}")
         for got_grad, want_grad in zip(_grads(call, out), _grads(call, want), strict=True):
             torch.testing.assert_close(got_grad, want_grad, **FP32_TOL, msg=lambda m, c=case: f"{c}\n{m}")
+
+
+def test_compiled_flex_raises_the_recompile_limit_only_inside_its_call():
+    """Compiled flex meets many shapes and mask functions; dynamo's default limit (8) would make the 9th fall back
+    to eager flex. The raise is scoped to the call: the global setting is unchanged afterwards."""
+    torch_dynamo = pytest.importorskip("torch._dynamo")
+    from hf_sparse.kernels import flex
+
+    before = torch_dynamo.config.recompile_limit
+    with flex._recompile_budget(True):
+        assert torch_dynamo.config.recompile_limit >= flex.RECOMPILE_LIMIT
+    with flex._recompile_budget(False):
+        assert torch_dynamo.config.recompile_limit == before
+    assert torch_dynamo.config.recompile_limit == before

@@ -9,6 +9,7 @@ otherwise runs eagerly (exact, but it materializes the scores). ``HF_SPARSE_FLEX
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -21,6 +22,9 @@ from .call import AttentionCall, additive_bias
 #: Calls with at least this many (query, key) pairs are compiled on CPU when compilation is "auto".
 CPU_COMPILE_MIN_PAIRS = 1 << 22
 FLEX_BLOCK = 128
+#: Compiled flex specializes on shapes and mask functions; a model sees many (lengths x layers x patterns), so
+#: the compile calls here allow more recompilations than dynamo's default of 8 before it falls back to eager.
+RECOMPILE_LIMIT = 64
 
 
 def flex_available() -> bool:
@@ -60,6 +64,16 @@ def _flex_fn(compiled: bool):
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
+def _recompile_budget(compiled: bool):
+    """Scoped (not global) raise of dynamo's recompile limit for the compiled flex call."""
+    if not compiled:
+        return contextlib.nullcontext()
+    import torch._dynamo
+
+    limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch._dynamo.config.patch(recompile_limit=limit)
+
+
 def _relative(mod: MaskMod, q_offset: int) -> MaskMod:
     """Flex passes query indices relative to the call; patterns take absolute positions."""
     if q_offset == 0:
@@ -78,13 +92,18 @@ def _static_block_mask(pattern: Pattern, ctx: MaskContext, device: str, compiled
 
 def flex_attention_backend(call: AttentionCall) -> tuple[torch.Tensor, None]:
     """Sparse attention through ``torch.nn.attention.flex_attention``; returns ``(out [B, Hq, Lq, Dv], None)``."""
-    from torch.nn.attention.flex_attention import and_masks, create_block_mask
-
     reason = flex_unsupported(call)
     if reason is not None:
         raise ValueError(f"backend 'flex' cannot run this call: {reason}")
-    ctx, device = call.ctx, call.query.device
     compiled = _should_compile(call)
+    with _recompile_budget(compiled):
+        return _flex_call(call, compiled)
+
+
+def _flex_call(call: AttentionCall, compiled: bool) -> tuple[torch.Tensor, None]:
+    from torch.nn.attention.flex_attention import and_masks, create_block_mask
+
+    ctx, device = call.ctx, call.query.device
     batch, heads = call.query.shape[:2]
     mask = call.attention_mask if call.has_bool_model_mask else None
     if mask is not None or call.pattern.dynamic:
