@@ -43,6 +43,8 @@ class ModuleSparseState:
         image_grid / num_prefix: patch grid and prefix-token count of an image model (for image patterns).
         last_backend: the kernel that served this module's most recent call (for benchmarks and logs).
         calls: number of sparse calls served.
+        last_block_density: for a data-dependent pattern (``topk_blocks``, ``learned_gate``), the fraction of
+            key blocks its most recent call kept (mean over batch and heads); ``None`` for fixed patterns.
     """
 
     config: SparseConfig
@@ -51,6 +53,7 @@ class ModuleSparseState:
     num_prefix: int | None = None
     last_backend: str | None = None
     calls: int = field(default=0)
+    last_block_density: float | None = None
 
 
 def get_state(module: torch.nn.Module) -> ModuleSparseState | None:
@@ -122,6 +125,8 @@ def sparse_attention_forward(
     out, weights, used = run_attention(call, state.config.backend)
     state.last_backend = used
     state.calls += 1
+    if call.pattern.dynamic:
+        state.last_block_density = call.dynamic_binding()[1].block_density
     return out.transpose(1, 2).contiguous(), weights
 
 

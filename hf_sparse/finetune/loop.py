@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ..patch import patch_model
+from ..patch import patch_model, patched_modules
 from . import record
 from .config import ConfigError, RunConfig
 from .models import count_parameters
@@ -121,6 +121,8 @@ class Trainer:
             self.prepared = self.task.prepare(self.data, self.processor, cfg)
         if self.sparse is not None:
             patch_model(self.model, self.sparse)
+        elif patched_modules(self.model):  # a checkpoint saved patched (e.g. trained gates) keeps its settings
+            self.sparse = next(iter(patched_modules(self.model).values()))
         self.sampler_gen = torch.Generator()
         train, val, test = _loaders(self.task, self.prepared, self.task.collate(self.processor, cfg), cfg,
                                     self.sampler_gen)

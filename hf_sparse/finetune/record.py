@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__
 from ..config import SparseConfig
-from ..patch import last_backends
+from ..patch import iter_states, last_backends
 from ..patterns import block_layout, density
 from .tasks import Task
 
@@ -39,22 +39,22 @@ def sparse_summary(
     if config is None:
         return {"pattern": "dense", "config": None, "token_density": 1.0, "block_density": 1.0,
                 "block_size": None, "eval_length": eval_length, "backends": {}, "attn_implementation": implementation}
+    block_size = config.kernel_block_size or getattr(config.pattern, "block_size", None) or DEFAULT_BLOCK_SIZE
+    common = {"pattern": config.pattern.describe(), "config": config.to_dict(), "block_size": block_size,
+              "eval_length": eval_length, "backends": last_backends(model), "attn_implementation": implementation}
+    if config.pattern.dynamic:
+        # The blocks are chosen from the data: report what the modules kept in their latest (test) call.
+        kept_blocks = [s.last_block_density for _, s in iter_states(model) if s.last_block_density is not None]
+        measured = round(sum(kept_blocks) / len(kept_blocks), 4) if kept_blocks else None
+        return {**common, "token_density": measured, "block_density": measured,
+                "density_source": "measured: key blocks kept in the last test batch, mean over layers and heads"}
     kept = pairs = 0.0
     for length, count in Counter(lengths).items():
         kept += count * length * length * density(config.pattern, task.mask_context(model, length))
         pairs += count * length * length
-    block_size = config.kernel_block_size or getattr(config.pattern, "block_size", None) or DEFAULT_BLOCK_SIZE
     layout = block_layout(config.pattern, task.mask_context(model, eval_length), block_size)
-    return {
-        "pattern": config.pattern.describe(),
-        "config": config.to_dict(),
-        "token_density": round(kept / pairs, 4) if pairs else None,
-        "block_density": round(layout.block_density, 4),
-        "block_size": block_size,
-        "eval_length": eval_length,
-        "backends": last_backends(model),
-        "attn_implementation": implementation,
-    }
+    return {**common, "token_density": round(kept / pairs, 4) if pairs else None,
+            "block_density": round(layout.block_density, 4), "density_source": "pattern at the test lengths"}
 
 
 def versions() -> dict[str, str]:

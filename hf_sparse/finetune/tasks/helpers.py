@@ -8,6 +8,7 @@ from typing import Any
 import datasets
 
 from ...data import limit_splits
+from ...patch import SAVED_KEY, load_patched
 from ..config import RunConfig
 
 
@@ -20,8 +21,14 @@ def load_limited(builder: Callable[..., datasets.DatasetDict], cfg: RunConfig) -
 
 
 def from_pretrained(loader: Any, path: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained(path, ...)`` with a one-line error when the weights cannot be had."""
+    """``loader.from_pretrained(path, ...)`` with a one-line error when the weights cannot be had.
+
+    A checkpoint saved from a patched model (its config carries ``hf_sparse`` settings, e.g. the gates that
+    ``scripts/train_gate.py`` trained) is loaded with :func:`hf_sparse.load_patched`: same sparse settings,
+    added parameters restored."""
     try:
+        if getattr(kwargs.get("config"), SAVED_KEY, None):
+            return load_patched(loader, path, **kwargs)
         return loader.from_pretrained(path, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
