@@ -147,6 +147,8 @@ def test_two_cpu_processes_account_for_the_global_batch(tmp_path):
     (["--train.epoch", "1"], "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
     (["--train.batch_size", "big"], "config key 'train.batch_size' must be int, got str: 'big'"),
     (["--data.source", "/nonexistent/reviews.csv"], "local data '/nonexistent/reviews.csv' does not exist"),
+    (["--model.name_or_path", "results/no_gate/checkpoints/model"],
+     "model.name_or_path 'results/no_gate/checkpoints/model': no such folder"),
 ])
 def test_bad_configs_fail_fast_with_one_line(tmp_path, args, message):
     result = _run([sys.executable], [*SENTIMENT_TINY, *args], tmp_path, "bad", timeout=300)

@@ -26,7 +26,12 @@ def resolve_pretrained(name_or_path: str) -> str:
     """``"minilm"`` -> the offline folder; an existing local folder -> itself; anything else -> a hub id."""
     if name_or_path == MINILM:
         return minilm_path()
-    return str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else name_or_path
+    if Path(name_or_path).is_dir():
+        return str(Path(name_or_path).resolve())
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:  # a path, not a hub id
+        raise ValueError(f"model.name_or_path {name_or_path!r}: no such folder (a hub id is 'name' or 'org/name'); "
+                         "check the path, or create it first (the config's comments say how)")
+    return name_or_path
 
 
 def apply_config_overrides(config: Any, overrides: dict[str, Any], where: str = "model.config") -> Any:
