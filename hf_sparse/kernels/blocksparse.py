@@ -91,6 +91,11 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
+def _lead(tiles: torch.Tensor) -> torch.Tensor:
+    """A fixed plan's ``[nr, bs, K*bs]`` tiles with the ``[b, h]`` dims of a dynamic plan's (``[1, 1, ...]``)."""
+    return tiles[None, None] if tiles.dim() == 3 else tiles
+
+
 def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
     """``[b, h, nr, r, K*bs]`` mask/bias -> 4-D ``[1 or B*H, nr, r, K*bs]`` as the fused CPU kernel needs."""
     if x.shape[0] == 1 and x.shape[1] == 1:
@@ -98,13 +103,21 @@ def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
     return x.expand(batch, heads, *x.shape[2:]).reshape(batch * heads, *x.shape[2:])
 
 
-def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, batch: int, heads: int):
-    """``(attn_mask 4-D or None, rows to zero or None)`` for one group: pattern tiles, model mask, bias."""
+def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, batch: int, heads: int,
+                additive: bool = False):
+    """``(attn_mask 4-D or None, rows to zero or None)`` for one group: pattern tiles, model mask, bias.
+    ``additive=True`` returns the mask as ``0`` / ``-inf`` in the query's dtype (for the fused CPU kernel)."""
     q_len, bs, nr = call.ctx.q_len, plan.block_size, group.rows.numel()
     model_allowed, bias = _model_tiles(call, plan, group)
+    if additive and model_allowed is None and bias is None:  # the pattern alone: the plan's shared tensor
+        pattern_only = group.additive_tile_mask(call.query.dtype)
+        empty = group.empty_rows
+        if empty is not None and empty.dim() > 3:
+            empty = _flat4(empty, batch, heads)
+        return (None if pattern_only is None else _flat4(_lead(pattern_only), batch, heads)), empty
     allowed = group.tile_mask
     if allowed is not None:
-        allowed = allowed[None, None] if allowed.dim() == 3 else allowed
+        allowed = _lead(allowed)
     empty = group.empty_rows
     if model_allowed is not None:
         allowed = model_allowed if allowed is None else allowed & model_allowed
@@ -119,6 +132,8 @@ def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, ba
             attn_mask = torch.where(allowed, attn_mask, torch.tensor(float("-inf"), dtype=call.query.dtype))
     if attn_mask is not None:
         attn_mask = _flat4(attn_mask, batch, heads)
+        if additive and attn_mask.dtype == torch.bool:
+            attn_mask = _additive(attn_mask, call.query.dtype)
     if empty is not None and empty.dim() > 3:
         empty = _flat4(empty, batch, heads)
     return attn_mask, empty
@@ -140,19 +155,20 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     n = batch * heads
 
     q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)
-    k_blocks = _pad_rows(key, nk * bs).reshape(n * nk, bs, dim)
-    v_blocks = _pad_rows(value, nk * bs).reshape(n * nk, bs, dim_v)
     base = torch.arange(n, device=query.device).view(batch, heads, 1, 1) * nk
     fused = cpu_flash.available(query, call.dropout_p, dim_v)
+    # [B, H, nk, bs, D] views (no copy unless the length is padded); the unfused path gathers from flat copies
+    k_blocks = _pad_rows(key, nk * bs).view(batch, heads, nk, bs, dim)
+    v_blocks = _pad_rows(value, nk * bs).view(batch, heads, nk, bs, dim_v)
+    if not fused:
+        k_blocks, v_blocks = k_blocks.reshape(n * nk, bs, dim), v_blocks.reshape(n * nk, bs, dim_v)
     outs = []
     for group in plan.groups:
         nr, width = group.rows.numel(), group.slots
         q_g = q if nr == nq else q.index_select(1, group.rows)
         gather = (base + group.gather_indices(nk)).reshape(-1)
-        attn_mask, empty = _group_mask(call, plan, group, batch, heads)
+        attn_mask, empty = _group_mask(call, plan, group, batch, heads, additive=fused)
         if fused:
-            if attn_mask is not None and attn_mask.dtype == torch.bool:
-                attn_mask = _additive(attn_mask, query.dtype)
             out = cpu_flash.GatheredFlashAttention.apply(q_g, k_blocks, v_blocks, gather, attn_mask, call.scale_value)
         else:
             k = k_blocks.index_select(0, gather).view(n, nr, width * bs, dim)

@@ -25,35 +25,43 @@ def available(query: torch.Tensor, dropout_p: float, dim_v: int) -> bool:
     )
 
 
-#: Gathered keys+values materialized at once are kept under this many bytes by chunking over ``N``.
-CHUNK_BYTES = 64 << 20
+#: Gathered keys+values (and, in backward, their gradients) materialized at once stay under this many bytes:
+#: the work is chunked over query-block rows, so the transient copies stay small even at 8k+ tokens.
+CHUNK_BYTES = 16 << 20
 
 
-def _chunks(q: torch.Tensor, index: torch.Tensor, k_blocks: torch.Tensor):
-    """Row ranges of ``N`` whose gathered keys and values stay under :data:`CHUNK_BYTES`."""
-    n = q.shape[0]
-    per_row = 2 * (index.numel() // n) * k_blocks[0].numel() * k_blocks.element_size()
-    step = max(1, min(n, CHUNK_BYTES // max(per_row, 1)))
-    return [(start, min(start + step, n)) for start in range(0, n, step)]
+def _chunks(q: torch.Tensor, index: torch.Tensor, k_blocks: torch.Tensor) -> list[slice]:
+    """Ranges of query-block rows (``q``'s dim 1) whose gathered keys and values stay under :data:`CHUNK_BYTES`."""
+    nq = q.shape[1]
+    per_row = 2 * (index.numel() // nq) * k_blocks[0, 0, 0].numel() * k_blocks.element_size()
+    step = max(1, min(nq, CHUNK_BYTES // max(per_row, 1)))
+    return [slice(start, min(start + step, nq)) for start in range(0, nq, step)]
 
 
-def _gather(blocks: torch.Tensor, index: torch.Tensor, rows: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """Key blocks of rows ``rows`` of ``N``: ``[n, nq, K*bs, D]``."""
-    n = rows[1] - rows[0]
-    part = index.view(like.shape[0], -1)[rows[0]:rows[1]].reshape(-1)
-    return blocks.index_select(0, part).view(n, like.shape[1], -1, blocks.shape[-1])
+def _take(blocks: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """Blocks ``flat = (b * H + h) * nk + block`` of ``blocks [B, H, nk, bs, D]`` (any strides): ``[M, bs, D]``."""
+    heads, nk = blocks.shape[1], blocks.shape[2]
+    bh = flat // nk
+    return blocks[bh // heads, bh % heads, flat % nk]
 
 
-def _mask_rows(mask: torch.Tensor | None, rows: tuple[int, int]) -> torch.Tensor | None:
-    return mask if mask is None or mask.shape[0] == 1 else mask[rows[0]:rows[1]]
+def _gather(blocks: torch.Tensor, index: torch.Tensor, rows: slice, like: torch.Tensor) -> torch.Tensor:
+    """Key blocks of query-block rows ``rows``: ``[N, nr, K*bs, D]``."""
+    part = index.view(like.shape[0], like.shape[1], -1)[:, rows]
+    return _take(blocks, part.reshape(-1)).view(like.shape[0], part.shape[1], -1, blocks.shape[-1])
+
+
+def _mask_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return None if mask is None else mask[:, rows]
 
 
 class GatheredFlashAttention(torch.autograd.Function):
     """``out = flash(q, gather(k_blocks), gather(v_blocks), mask)`` with re-gathering in backward.
 
-    Shapes: ``q [N, nq, bs, D]``, ``k_blocks / v_blocks [M, bs, D]`` (flat key blocks), ``index [N*nq*K]``
-    (block ids into ``k_blocks``), ``mask`` additive in ``q``'s dtype, broadcastable to
-    ``[N, nq, bs, K*bs]`` with a leading dim of 1 or ``N``, or ``None``. Work is done in chunks of ``N``.
+    Shapes: ``q [N = B*H, nq, bs, D]``, ``k_blocks / v_blocks [B, H, nk, bs, D]`` (views of the keys and
+    values: saved without a copy), ``index [N*nq*K]`` (flat block ids ``(b * H + h) * nk + block``), ``mask`` additive in ``q``'s dtype, broadcastable to
+    ``[N, nq, bs, K*bs]`` with a leading dim of 1 or ``N``, or ``None``. Work is done in chunks of
+    query-block rows (dim 1).
     """
 
     @staticmethod
@@ -61,10 +69,10 @@ class GatheredFlashAttention(torch.autograd.Function):
         outs, lses = [], []
         for rows in _chunks(q, index, k_blocks):
             k, v = _gather(k_blocks, index, rows, q), _gather(v_blocks, index, rows, q)
-            out, lse = _OPS(q[rows[0]:rows[1]], k, v, 0.0, False, attn_mask=_mask_rows(mask, rows), scale=scale)
+            out, lse = _OPS(q[:, rows], k, v, 0.0, False, attn_mask=_mask_rows(mask, rows), scale=scale)
             outs.append(out)
             lses.append(lse)
-        out, lse = torch.cat(outs), torch.cat(lses)
+        out, lse = torch.cat(outs, dim=1), torch.cat(lses, dim=1)
         ctx.save_for_backward(q, k_blocks, v_blocks, index, out, lse)
         ctx.mask, ctx.scale = mask, scale
         return out
@@ -74,16 +82,18 @@ class GatheredFlashAttention(torch.autograd.Function):
         q, k_blocks, v_blocks, index, out, lse = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_q = torch.empty_like(q)
-        grad_k_blocks, grad_v_blocks = torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
-        flat = index.view(q.shape[0], -1)
+        # fresh contiguous [B, H, nk, bs, D] gradients: the flat block ids index their first three dims
+        grad_k_blocks = torch.zeros(k_blocks.shape, dtype=k_blocks.dtype, device=k_blocks.device)
+        grad_v_blocks = torch.zeros(v_blocks.shape, dtype=v_blocks.dtype, device=v_blocks.device)
+        flat_k, flat_v = grad_k_blocks.view(-1, *k_blocks.shape[3:]), grad_v_blocks.view(-1, *v_blocks.shape[3:])
+        by_row = index.view(q.shape[0], q.shape[1], -1)
         for rows in _chunks(q, index, k_blocks):
-            a, b = rows
             k, v = _gather(k_blocks, index, rows, q), _gather(v_blocks, index, rows, q)
-            grad_q[a:b], grad_k, grad_v = _BACKWARD(
-                grad_out[a:b], q[a:b], k, v, out[a:b], lse[a:b], 0.0, False,
+            grad_q[:, rows], grad_k, grad_v = _BACKWARD(
+                grad_out[:, rows], q[:, rows], k, v, out[:, rows], lse[:, rows], 0.0, False,
                 attn_mask=_mask_rows(ctx.mask, rows), scale=ctx.scale,
             )
-            part = flat[a:b].reshape(-1)
-            grad_k_blocks.index_add_(0, part, grad_k.reshape(-1, *k_blocks.shape[1:]))
-            grad_v_blocks.index_add_(0, part, grad_v.reshape(-1, *v_blocks.shape[1:]))
+            part = by_row[:, rows].reshape(-1)
+            flat_k.index_add_(0, part, grad_k.reshape(-1, *k_blocks.shape[3:]))
+            flat_v.index_add_(0, part, grad_v.reshape(-1, *v_blocks.shape[3:]))
         return grad_q, grad_k_blocks, grad_v_blocks, None, None, None

@@ -10,7 +10,7 @@ block (index ``n_kv_blocks``) that the tile mask hides. Plans of fixed patterns 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,17 @@ class PlanGroup:
     indices: torch.Tensor
     tile_mask: torch.Tensor | None
     empty_rows: torch.Tensor | None
+    _additive: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def additive_tile_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """``tile_mask`` as ``0`` / ``-inf`` in ``dtype`` (what fused CPU kernels take), built once per dtype so
+        that every layer using this (cached) plan shares one tensor instead of saving its own for backward."""
+        if self.tile_mask is None:
+            return None
+        if dtype not in self._additive:
+            self._additive[dtype] = torch.zeros(self.tile_mask.shape, dtype=dtype, device=self.tile_mask.device
+                                                ).masked_fill_(~self.tile_mask, float("-inf"))
+        return self._additive[dtype]
 
     @property
     def slots(self) -> int:
