@@ -174,3 +174,22 @@ def test_rows_the_pattern_leaves_empty_are_zero_in_every_backend():
     assert empty.any() and (outs["blocksparse"][:, :, empty] == 0).all()
     torch.testing.assert_close(outs["blocksparse"], outs["reference"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outs["masked_sdpa"], outs["reference"], atol=1e-5, rtol=1e-5)
+
+
+def test_blocksparse_passes_gradients_to_a_learned_bias():
+    """T5-style learned position bias: the fused CPU path must not drop its gradient (it falls back to autograd)."""
+    from .formulas import formula
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    base = torch.randn(1, 2, 40, 40) * 0.5
+    grads = {}
+    for backend in ("reference", "blocksparse"):
+        bias = base.clone().requires_grad_()
+        out, _ = sparse_attention(q, k, v, "sliding_window", window=5, position_bias=bias, backend=backend,
+                                  block_size=8)
+        (out * torch.linspace(-1, 1, 8)).sum().backward()
+        grads[backend] = bias.grad
+    assert grads["blocksparse"] is not None and grads["blocksparse"].abs().sum() > 0
+    allowed = torch.from_numpy(formula("sliding_window", 40, window=5))
+    torch.testing.assert_close(grads["blocksparse"] * allowed, grads["reference"] * allowed, atol=1e-5, rtol=1e-4)

@@ -154,28 +154,28 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     bs, nq, nk = plan.block_size, plan.n_q_blocks, plan.n_kv_blocks
     n = batch * heads
 
-    q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)
     base = torch.arange(n, device=query.device).view(batch, heads, 1, 1) * nk
-    fused = cpu_flash.available(query, call.dropout_p, dim_v)
-    # [B, H, nk, bs, D] views (no copy unless the length is padded); the unfused path gathers from flat copies
+    # [B, H, nk, bs, D] views (no copy unless the length is padded)
     k_blocks = _pad_rows(key, nk * bs).view(batch, heads, nk, bs, dim)
     v_blocks = _pad_rows(value, nk * bs).view(batch, heads, nk, bs, dim_v)
-    if not fused:
-        k_blocks, v_blocks = k_blocks.reshape(n * nk, bs, dim), v_blocks.reshape(n * nk, bs, dim_v)
+    if cpu_flash.available(query, call.dropout_p, dim_v, additive_bias(call)):
+        works = [cpu_flash.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
+                                     *_group_mask(call, plan, group, batch, heads, additive=True))
+                 for group in plan.groups]
+        out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs)
+        return out[:, :q_len].transpose(1, 2), None  # [B, Lq, H, D] storage: the model's transpose is free
+    q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)
+    k_flat, v_flat = k_blocks.reshape(n * nk, bs, dim), v_blocks.reshape(n * nk, bs, dim_v)
     outs = []
     for group in plan.groups:
         nr, width = group.rows.numel(), group.slots
         q_g = q if nr == nq else q.index_select(1, group.rows)
         gather = (base + group.gather_indices(nk)).reshape(-1)
-        attn_mask, empty = _group_mask(call, plan, group, batch, heads, additive=fused)
-        if fused:
-            out = cpu_flash.GatheredFlashAttention.apply(q_g, k_blocks, v_blocks, gather, attn_mask, call.scale_value)
-        else:
-            k = k_blocks.index_select(0, gather).view(n, nr, width * bs, dim)
-            v = v_blocks.index_select(0, gather).view(n, nr, width * bs, dim_v)
-            out = F.scaled_dot_product_attention(
-                q_g, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=call.scale_value
-            )
+        attn_mask, empty = _group_mask(call, plan, group, batch, heads)
+        k = k_flat.index_select(0, gather).view(n, nr, width * bs, dim)
+        v = v_flat.index_select(0, gather).view(n, nr, width * bs, dim_v)
+        out = F.scaled_dot_product_attention(q_g, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p,
+                                             scale=call.scale_value)
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
         outs.append(out)
