@@ -129,6 +129,9 @@ class Seq2SeqTask(Task):
                 "decoder_only": self.decoder_only}
 
     # -- sparsity -----------------------------------------------------------------------------------------
+    def check_sparse_parts(self, parts: dict[str, SparseConfig]) -> None:
+        """Every shape is accepted here; a decoder-only model refuses an encoder part in :meth:`apply_sparse`."""
+
     def apply_sparse(self, model: torch.nn.Module, parts: dict[str, SparseConfig]) -> None:
         if "all" in parts:
             patch_model(model, parts["all"])
