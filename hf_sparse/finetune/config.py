@@ -4,8 +4,11 @@ Layout (see configs/*/*.yaml and notes/finetune_schema.md)::
 
     run_name, task, seed, output_dir
     model: name_or_path, config (architecture overrides, e.g. {patch_size: 2})
-    data:  source, max_train_samples, max_eval_samples, max_test_samples, max_length
-    sparse: null (dense baseline) or a SparseConfig mapping (pattern, options, backend, target_modules, layers)
+    data:  source, max_train_samples, max_eval_samples, max_test_samples, max_length,
+           (seq2seq) max_target_length, language_pair, source_column, target_column
+    sparse: null (dense baseline), a SparseConfig mapping (pattern, options, backend, target_modules, layers), or
+            (seq2seq) one per part: {encoder: <mapping or null>, decoder: <mapping or null>}
+    generation: (seq2seq evaluation) num_beams, max_new_tokens
     train: epochs, max_steps, batch_size (per process), eval_batch_size, gradient_accumulation_steps,
            learning_rate, weight_decay, warmup_ratio, lr_scheduler, mixed_precision, checkpoint_every_steps,
            num_threads
@@ -48,13 +51,30 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """``source``: ``"offline"``, a hub data set name or a local path (see :mod:`hf_sparse.data`);
-    ``max_*_samples`` take a seeded random slice; ``max_length`` truncates text (tokens)."""
+    ``max_*_samples`` take a seeded random slice; ``max_length`` truncates text (tokens).
+
+    Seq2seq tasks only: ``max_target_length`` truncates the target (tokens, end token included);
+    ``language_pair`` (``"en-de"``: source language - target language) picks the direction of translation
+    data; ``source_column`` / ``target_column`` name the text columns of hub / local data."""
 
     source: str = "offline"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_test_samples: int | None = None
     max_length: int = 128
+    max_target_length: int = 64
+    language_pair: str | None = None
+    source_column: str | None = None
+    target_column: str | None = None
+
+
+@dataclass
+class GenerateConfig:
+    """How seq2seq tasks generate during evaluation: greedy (``num_beams: 1``) or beam search, at most
+    ``max_new_tokens`` tokens (``null``: ``data.max_target_length``)."""
+
+    num_beams: int = 1
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -88,6 +108,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sparse: dict[str, Any] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerateConfig = field(default_factory=GenerateConfig)
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -97,16 +118,26 @@ class RunConfig:
         return Path(self.output_dir) / self.run_name
 
     def sparse_config(self) -> SparseConfig | None:
-        """The :class:`~hf_sparse.SparseConfig` of ``sparse`` (``None`` for the dense baseline)."""
+        """The :class:`~hf_sparse.SparseConfig` of ``sparse`` (``None`` for the dense baseline); for a per-part
+        config the encoder's, else the decoder's (see :meth:`sparse_parts`)."""
+        parts = self.sparse_parts()
+        return parts.get("all") or parts.get("encoder") or parts.get("decoder")
+
+    def sparse_parts(self) -> dict[str, SparseConfig]:
+        """``{"all": config}`` for one pattern on every self-attention, ``{"encoder": .., "decoder": ..}`` (parts
+        set to null left out) for per-part settings, ``{}`` for the dense baseline."""
         if self.sparse is None:
-            return None
-        try:
-            config = SparseConfig.from_dict(self.sparse)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"sparse: {exc}") from None
-        if config.backend not in backend_names():
-            raise ConfigError(f"sparse: unknown backend {config.backend!r}; choose one of: {', '.join(backend_names())}")
-        return config
+            return {}
+        if not isinstance(self.sparse, dict) or not set(self.sparse) & set(SPARSE_PARTS):
+            return {"all": _sparse_config(self.sparse, "sparse")}
+        extra = sorted(set(self.sparse) - set(SPARSE_PARTS))
+        if extra:
+            raise ConfigError(
+                f"sparse: per-part settings take only the keys encoder / decoder, got also {', '.join(extra)}; "
+                "put pattern / options under sparse.encoder or sparse.decoder"
+            )
+        return {part: _sparse_config(self.sparse[part], f"sparse.{part}")
+                for part in SPARSE_PARTS if self.sparse.get(part) is not None}
 
     # -- round trips ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +167,20 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
         return cls.from_dict(apply_overrides(data, overrides or []))
+
+
+#: Parts a seq2seq ``sparse`` section may name (``sparse: {encoder: {...}, decoder: {...}}``).
+SPARSE_PARTS = ("encoder", "decoder")
+
+
+def _sparse_config(data: Any, where: str) -> SparseConfig:
+    try:
+        config = SparseConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+    if config.backend not in backend_names():
+        raise ConfigError(f"{where}: unknown backend {config.backend!r}; choose one of: {', '.join(backend_names())}")
+    return config
 
 
 # -- building and type checking -----------------------------------------------------------------------------
@@ -195,9 +240,10 @@ def _type_name(hint: Any) -> str:
 
 
 _POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.gradient_accumulation_steps",
-             "data.max_length")
+             "data.max_length", "data.max_target_length", "generation.num_beams")
 _POSITIVE_OR_NULL = ("train.max_steps", "train.checkpoint_every_steps", "train.num_threads",
-                     "data.max_train_samples", "data.max_eval_samples", "data.max_test_samples")
+                     "data.max_train_samples", "data.max_eval_samples", "data.max_test_samples",
+                     "generation.max_new_tokens")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -229,7 +275,14 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"train.lr_scheduler {train.lr_scheduler!r} is unknown; choose one of: {', '.join(schedulers)}")
     if not cfg.run_name or "/" in cfg.run_name:
         raise ConfigError(f"run_name must be a non-empty name without '/', got {cfg.run_name!r}")
-    cfg.sparse_config()  # validates the pattern, its options and the backend name now, not after loading data
+    if cfg.data.language_pair is not None:
+        from ..data.pairs import parse_language_pair
+
+        try:
+            parse_language_pair(cfg.data.language_pair)
+        except ValueError as exc:
+            raise ConfigError(f"data.language_pair: {exc}") from None
+    cfg.sparse_parts()  # validates the patterns, their options and the backend names now, not after loading data
 
 
 # -- command-line overrides -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from ..patch import patch_model, patched_modules
+from ..patch import patched_modules
 from . import record
 from .config import ConfigError, RunConfig
 from .models import count_parameters
@@ -99,7 +99,8 @@ class Trainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.task = get_task(cfg.task)
-        self.sparse = cfg.sparse_config()
+        self.sparse_parts = cfg.sparse_parts()
+        self.task.check_sparse_parts(self.sparse_parts)
         if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision 'fp16' needs a GPU; use 'bf16' or 'no' on a CPU")
         # cpu=True without a GPU: under torchrun (`accelerate launch --multi_gpu`) the processes then form a
@@ -119,10 +120,10 @@ class Trainer:
             set_seed(cfg.seed)
             self.model, self.processor = self.task.build_model(cfg, self.data)
             self.prepared = self.task.prepare(self.data, self.processor, cfg)
-        if self.sparse is not None:
-            patch_model(self.model, self.sparse)
+        if self.sparse_parts:
+            self.task.apply_sparse(self.model, self.sparse_parts)
         elif patched_modules(self.model):  # a checkpoint saved patched (e.g. trained gates) keeps its settings
-            self.sparse = next(iter(patched_modules(self.model).values()))
+            self.sparse_parts = {"all": next(iter(patched_modules(self.model).values()))}
         self.sampler_gen = torch.Generator()
         train, val, test = _loaders(self.task, self.prepared, self.task.collate(self.processor, cfg), cfg,
                                     self.sampler_gen)
@@ -188,7 +189,7 @@ class Trainer:
             tick = time.perf_counter()
             for batch in loader:
                 with acc.accumulate(self.model):
-                    loss = self.model(**batch).loss
+                    loss = self.model(**self.task.model_inputs(batch)).loss
                     acc.backward(loss)
                     self.optimizer.step()
                     self.scheduler.step()
@@ -249,17 +250,19 @@ class Trainer:
                 "train_tokens_per_s": round(tokens / train_s, 1) if train_s else None,
                 "eval_samples_per_s": round(test.samples / eval_s, 3),
                 "eval_tokens_per_s": round(test.tokens / eval_s, 1),
-                "generation_tokens_per_s": round(test.generated_tokens / eval_s, 1) if test.generated_tokens else None,
+                "generation_tokens_per_s": round(test.generated_tokens / (test.generation_s or eval_s), 1)
+                if test.generated_tokens else None,
                 "train_wall_s": round(train_s, 2), "eval_wall_s": round(eval_s, 2),
                 "total_wall_s": round(p.total_wall_s + time.perf_counter() - self.start, 2),
                 "peak_memory_mb": round(memory, 1), "peak_memory_kind": memory_kind,
             },
-            "sparse": record.sparse_summary(model, self.sparse, task, lengths),
+            "sparse": task.sparse_summary(model, self.sparse_parts, self.prepared["test"]),
             "model": {"name_or_path": cfg.model.name_or_path, "model_type": model.config.model_type,
                       "parameters": count_parameters(model)},
             "data": {"source": source, **{s: len(self.data[s]) for s in ("train", "validation", "test")},
                      "mean_tokens": round(sum(lengths) / len(lengths), 2),
-                     "labels": list(getattr(self.data["train"].features.get("label"), "names", []) or []) or None},
+                     "labels": list(getattr(self.data["train"].features.get("label"), "names", []) or []) or None,
+                     **task.data_record()},
             "metric_library": test.metric_library,
             "steps": p.step, "seed": cfg.seed,
             "training": {"epochs_run": p.epoch, "steps_per_epoch": self.steps_per_epoch,

@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from ..config import SparseConfig
 from ..patch import iter_states, last_backends
-from ..patterns import block_layout, density
+from ..patterns import Dense, block_layout, density
 from .tasks import Task
 
 #: Tile size used for ``block_density`` when neither the config nor the pattern names one.
@@ -24,7 +24,7 @@ DEFAULT_BLOCK_SIZE = 64
 
 
 def sparse_summary(
-    model: torch.nn.Module, config: SparseConfig | None, task: Task, lengths: list[int]
+    model: torch.nn.Module, config: SparseConfig | None, task: Task, lengths: list[int], *, causal: bool = False
 ) -> dict[str, Any]:
     """The ``sparse`` block of metrics.json.
 
@@ -32,7 +32,8 @@ def sparse_summary(
     ``token_density`` is the fraction of real (query, key) pairs the pattern keeps, over those examples
     (each example weighs by its ``length**2`` pairs); ``block_density`` is the fraction of
     ``block_size``-tiles a block-sparse kernel would visit at ``eval_length``; ``backends`` the kernel each
-    patched module used in its latest call.
+    patched module used in its latest call. ``causal``: the attention is causal (a decoder's), and both
+    densities are relative to what dense causal attention keeps (the pairs / tiles at or below the diagonal).
     """
     eval_length = max(1, round(sum(lengths) / len(lengths))) if lengths else 0
     implementation = getattr(model.config, "_attn_implementation", None)
@@ -50,11 +51,16 @@ def sparse_summary(
                 "density_source": "measured: key blocks kept in the last test batch, mean over layers and heads"}
     kept = pairs = 0.0
     for length, count in Counter(lengths).items():
-        kept += count * length * length * density(config.pattern, task.mask_context(model, length))
-        pairs += count * length * length
-    layout = block_layout(config.pattern, task.mask_context(model, eval_length), block_size)
+        ctx = task.mask_context(model, length, causal=causal)
+        kept += count * length * length * density(config.pattern, ctx)
+        pairs += count * length * length * (density(Dense(), ctx) if causal else 1.0)
+    ctx = task.mask_context(model, eval_length, causal=causal)
+    tiles = block_layout(config.pattern, ctx, block_size).block_density
+    if causal:
+        tiles /= block_layout(Dense(), ctx, block_size).block_density
+    source = "pattern at the test lengths" + (", relative to dense causal attention" if causal else "")
     return {**common, "token_density": round(kept / pairs, 4) if pairs else None,
-            "block_density": round(layout.block_density, 4), "density_source": "pattern at the test lengths"}
+            "block_density": round(tiles, 4), "density_source": source}
 
 
 def versions() -> dict[str, str]:

@@ -36,3 +36,40 @@ def classification_scores(
     acc = accuracy_score(references, predictions)
     f1_value = f1_score(references, predictions, average=average, labels=list(range(num_labels)), zero_division=0)
     return {"accuracy": float(acc), "f1": float(f1_value)}, "scikit-learn"
+
+
+def translation_scores(predictions: Sequence[str], references: Sequence[str]) -> tuple[dict[str, float], str]:
+    """``({"bleu": .., "chrf": ..}, library)``: corpus BLEU and chrF (0-100, sacreBLEU's defaults: 13a
+    tokenization, one reference each); ``library`` is ``"evaluate"`` or ``"sacrebleu"``."""
+    refs = [[r] for r in references]
+    modules = _evaluate_modules(("sacrebleu", "chrf"))
+    if modules is not None:
+        bleu, chrf = modules
+        return {"bleu": float(bleu.compute(predictions=list(predictions), references=refs)["score"]),
+                "chrf": float(chrf.compute(predictions=list(predictions), references=refs)["score"])}, "evaluate"
+    import sacrebleu
+
+    streams = [list(references)]
+    return {"bleu": float(sacrebleu.corpus_bleu(list(predictions), streams).score),
+            "chrf": float(sacrebleu.corpus_chrf(list(predictions), streams).score)}, "sacrebleu"
+
+
+def summarization_scores(predictions: Sequence[str], references: Sequence[str]) -> tuple[dict[str, float], str]:
+    """``({"rouge1", "rouge2", "rougeL"}, library)``: mean F-measures (0-1) with Porter stemming, as
+    ``evaluate``'s ``rouge`` computes them; ``library`` is ``"evaluate"`` or ``"rouge-score"``."""
+    keys = ("rouge1", "rouge2", "rougeL")
+    modules = _evaluate_modules(("rouge",))
+    if modules is not None:
+        result = modules[0].compute(predictions=list(predictions), references=list(references), rouge_types=list(keys),
+                                    use_stemmer=True)
+        return {k: float(result[k]) for k in keys}, "evaluate"
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    totals = dict.fromkeys(keys, 0.0)
+    for prediction, reference in zip(predictions, references, strict=True):
+        scores = scorer.score(reference, prediction)
+        for k in keys:
+            totals[k] += scores[k].fmeasure
+    count = max(1, len(predictions))
+    return {k: totals[k] / count for k in keys}, "rouge-score"

@@ -14,6 +14,8 @@ from .base import ClassificationTask, EvalResult, Task
 TASKS: dict[str, str] = {
     "sentiment": "hf_sparse.finetune.tasks.sentiment:SentimentTask",
     "image": "hf_sparse.finetune.tasks.image:ImageTask",
+    "translation": "hf_sparse.finetune.tasks.seq2seq:TranslationTask",
+    "summarization": "hf_sparse.finetune.tasks.seq2seq:SummarizationTask",
 }
 
 

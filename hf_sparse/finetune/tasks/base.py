@@ -16,9 +16,11 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
+from ...config import SparseConfig
 from ...models import image_layout
+from ...patch import patch_model
 from ...patterns import MaskContext
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..scores import classification_scores
 
 Batch = dict[str, torch.Tensor]
@@ -33,6 +35,7 @@ class EvalResult:
         samples / tokens: examples and input tokens evaluated.
         generated_tokens: tokens produced by generation (seq2seq tasks), else ``None``.
         metric_library: ``"evaluate"`` or the library the metric wraps (``"scikit-learn"``, ...).
+        generation_s: seconds spent generating (seq2seq tasks), else ``None``.
     """
 
     metrics: dict[str, float]
@@ -40,6 +43,7 @@ class EvalResult:
     tokens: int
     generated_tokens: int | None = None
     metric_library: str | None = None
+    generation_s: float | None = None
 
 
 class Task:
@@ -73,11 +77,39 @@ class Task:
         """``[B]`` number of real (non-padding) input tokens of each example of ``batch``."""
         raise NotImplementedError
 
-    def mask_context(self, model: torch.nn.Module, length: int) -> MaskContext:
+    def mask_context(self, model: torch.nn.Module, length: int, causal: bool = False) -> MaskContext:
         """The self-attention context of a ``length``-token input, to measure a pattern's density."""
         layout = image_layout(model)
         grid, prefix = layout if layout is not None else (None, None)
-        return MaskContext.for_length(length, image_grid=grid, num_prefix=prefix)
+        return MaskContext.for_length(length, causal=causal, image_grid=grid, num_prefix=prefix)
+
+    def model_inputs(self, batch: Batch) -> Batch:
+        """The part of a collated batch the model's ``forward`` takes (tasks may carry extra keys)."""
+        return batch
+
+    def check_sparse_parts(self, parts: dict[str, SparseConfig]) -> None:
+        """:class:`ConfigError` if this task cannot apply ``parts`` (see ``RunConfig.sparse_parts``)."""
+        if set(parts) - {"all"}:
+            raise ConfigError(
+                f"sparse: per-part settings ({', '.join(sorted(parts))}) are for seq2seq tasks; task {self.name!r} "
+                "takes one pattern (sparse.pattern, sparse.options)"
+            )
+
+    def apply_sparse(self, model: torch.nn.Module, parts: dict[str, SparseConfig]) -> None:
+        """Patch ``model`` with ``parts`` (non-empty): one pattern for every self-attention module."""
+        patch_model(model, parts["all"])
+
+    def data_record(self) -> dict[str, Any]:
+        """Task-specific facts for the ``data`` block of metrics.json (e.g. target lengths of seq2seq data)."""
+        return {}
+
+    def sparse_summary(
+        self, model: torch.nn.Module, parts: dict[str, SparseConfig], split: datasets.Dataset
+    ) -> dict[str, Any]:
+        """The ``sparse`` block of metrics.json for the prepared test ``split``."""
+        from ..record import sparse_summary
+
+        return sparse_summary(model, parts.get("all"), self, self.lengths(split))
 
     def evaluate(self, model: torch.nn.Module, loader: Any, accelerator: Any, desc: str) -> EvalResult:
         """Evaluate ``model`` on ``loader`` (prepared by ``accelerator``) and return metrics over all processes."""

@@ -1,0 +1,136 @@
+"""Seq2seq fine-tuning end to end on tiny slices: BERT2BERT (MiniLM, 1 layer) translation under
+`accelerate launch` with per-part sparse settings, random GPT-2 summarization in process; cross-attention
+stays dense; encoder / decoder parts patch what they name; bad settings fail with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_sparse.data import data_dir
+from hf_sparse.finetune import ConfigError, RunConfig, get_task, run
+from hf_sparse.patch import last_backends, patched_modules
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--data.max_train_samples", "8", "--data.max_eval_samples", "4", "--data.max_test_samples", "6",
+        "--train.batch_size", "4", "--train.eval_batch_size", "3", "--train.epochs", "1", "--train.num_threads", "1",
+        "--generation.max_new_tokens", "5", "--data.max_target_length", "8"]
+BERT_TINY = ["--model.config", "{num_hidden_layers: 1}"]
+GPT2_TINY = ["--model.name_or_path", "gpt2-random", "--model.config", "{n_embd: 32, n_layer: 2, n_head: 2, n_inner: 64}"]
+
+
+def _need(cache: str) -> None:
+    if not (data_dir() / cache / "dataset_dict.json").exists():
+        pytest.skip(f"{cache} is not built under {data_dir()}: run scripts/prepare_data.py (needs a Debian mirror)")
+
+
+def _check_seq2seq(m: dict, task: str, metric: str, library: str) -> None:
+    assert (m["status"], m["task"], m["primary_metric"]) == ("ok", task, metric)
+    assert metric in m["test"] and m["test"]["loss"] > 0 and m["metric_library"] == library
+    speed = m["speed"]
+    assert speed["generation_tokens_per_s"] > 0 and speed["train_samples_per_s"] > 0 and speed["eval_tokens_per_s"] > 0
+    assert {"pattern", "config", "token_density", "block_density", "eval_length", "backends", "parts"} <= set(m["sparse"])
+    assert m["data"]["references"].startswith("targets round-tripped")
+
+
+@pytest.mark.slow
+def test_translation_bert2bert_per_part_under_accelerate(tmp_path):
+    _need("translation_debian_en_de")
+    per_part = ["--sparse", "null", "--sparse.encoder.pattern", "sliding_window", "--sparse.encoder.options.window", "1",
+                "--sparse.decoder.pattern", "sliding_window", "--sparse.decoder.options.window", "2",
+                "--generation.num_beams", "2"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs/accelerate/cpu_single.yaml"), str(ROOT / "scripts/finetune.py"),
+               "--config", str(ROOT / "configs/translation/dense.yaml"), *TINY, *BERT_TINY, *per_part,
+               "--output_dir", str(tmp_path), "--run_name", "b2b"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "HF_SPARSE_DATA": str(data_dir())}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    m = json.loads((tmp_path / "b2b" / "metrics.json").read_text())
+    _check_seq2seq(m, "translation", "bleu", "sacrebleu")
+    assert 0 <= m["test"]["bleu"] <= 100 and 0 <= m["test"]["chrf"] <= 100 and m["data"]["test"] == 6
+    sparse = m["sparse"]
+    assert sparse["pattern"] == "encoder sliding_window(window=1); decoder sliding_window(window=2)"
+    assert set(sparse["config"]) == {"encoder", "decoder"} and sparse["config"]["decoder"]["pattern"]["window"] == 2
+    enc, dec = sparse["parts"]["encoder"], sparse["parts"]["decoder"]
+    assert sparse["token_density"] == enc["token_density"] and 0 < enc["token_density"] < 0.6
+    assert 0 < dec["token_density"] < 1 and "causal" in dec["density_source"]
+    names = set(sparse["backends"])  # one encoder and one decoder self-attention layer, no cross-attention
+    assert names == {"encoder.encoder.layer.0.attention.self", "decoder.bert.encoder.layer.0.attention.self"}
+    assert "b2b: test loss" in result.stdout and "bleu" in result.stdout
+
+
+@pytest.mark.slow
+def test_summarization_gpt2_in_process(tmp_path):
+    _need("summarization_debian_descriptions")
+    cfg = RunConfig.load(ROOT / "configs/summarization/sliding_window.yaml",
+                         [*TINY, *GPT2_TINY, "--data.max_length", "48", "--output_dir", str(tmp_path)])
+    m = run(cfg)
+    _check_seq2seq(m, "summarization", "rougeL", "rouge-score")
+    assert all(0 <= m["test"][k] <= 1 for k in ("rouge1", "rouge2", "rougeL"))
+    assert m["model"]["model_type"] == "gpt2" and m["data"]["decoder_only"] is True
+    sparse = m["sparse"]
+    assert list(sparse["parts"]) == ["decoder"] and sparse["pattern"] == "sliding_window(num_global=1, window=4)"
+    assert 0 < sparse["token_density"] < 1 and sparse["eval_length"] > 20  # prompt + target, causal
+    assert len(sparse["backends"]) == 2 and all(b is not None for b in sparse["backends"].values())
+    assert (tmp_path / cfg.run_name / "metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def bert2bert():
+    from hf_sparse.finetune.seq2seq_models import build_seq2seq_model
+
+    cfg = RunConfig.load(ROOT / "configs/translation/dense.yaml", BERT_TINY)
+    built = build_seq2seq_model(cfg)
+    return built, cfg
+
+
+def _forward(built):
+    tok = built.tokenizer
+    enc = tok(["a fast tool to convert files between many formats", "short"], return_tensors="pt", padding=True)
+    labels = tok(["ein schnelles Werkzeug", "kurz"], return_tensors="pt", padding=True).input_ids
+    with torch.no_grad():
+        return built.model(**enc, labels=labels).logits
+
+
+def test_parts_patch_their_self_attention_and_cross_attention_stays_dense(bert2bert):
+    from hf_sparse import unpatch_model
+
+    built, _ = bert2bert
+    task = get_task("translation")
+    task.decoder_only = False
+    dense = _forward(built)
+    cfg = RunConfig.load(ROOT / "configs/translation/dense.yaml",
+                         ["--sparse.encoder.pattern", "sliding_window", "--sparse.encoder.options.window", "1"])
+    task.apply_sparse(built.model, cfg.sparse_parts())
+    try:
+        assert list(patched_modules(built.model)) == ["encoder.encoder.layer.0.attention.self"]
+        sparse = _forward(built)
+        assert last_backends(built.model)["encoder.encoder.layer.0.attention.self"] is not None  # really ran sparse
+        assert not torch.allclose(dense, sparse, atol=1e-4)
+        unpatch_model(built.model)
+        cfg = RunConfig.load(ROOT / "configs/translation/sliding_window.yaml", [])
+        task.apply_sparse(built.model, cfg.sparse_parts())
+        names = list(patched_modules(built.model))
+        assert names == ["encoder.encoder.layer.0.attention.self", "decoder.bert.encoder.layer.0.attention.self"]
+        assert not any("crossattention" in n for n in names)
+    finally:
+        unpatch_model(built.model)
+    assert torch.equal(_forward(built), dense)
+
+
+def test_decoder_only_rejects_an_encoder_part():
+    task = get_task("translation")
+    task.decoder_only = True
+    cfg = RunConfig.load(ROOT / "configs/translation/gpt2_sliding_window.yaml",
+                         ["--sparse", "{encoder: {pattern: sliding_window}}"])
+    with pytest.raises(ConfigError, match="sparse.encoder: this model is decoder-only"):
+        task.apply_sparse(torch.nn.Linear(1, 1), cfg.sparse_parts())
+    with pytest.raises(ConfigError, match=r"per-part settings \(encoder\) are for seq2seq tasks"):
+        get_task("sentiment").check_sparse_parts(cfg.sparse_parts())
