@@ -8,6 +8,7 @@ A study YAML (see configs/study/default.yaml)::
     accelerate_config: configs/accelerate/cpu_single.yaml
     timeout_s: 1800                    # per run; a run past it is killed and shown as failed
     common_overrides: {seed: 0, train: {num_threads: 2, epochs: 1}}
+    task_overrides: {image: {model.config.patch_size: 2}}   # per task, after common_overrides
     entries:
       sentiment-window:                # entry name = run-name prefix
         task: sentiment
@@ -20,7 +21,8 @@ A study YAML (see configs/study/default.yaml)::
 Overrides and sweeps may be written nested (``{train: {epochs: 1}}``) or with dotted keys
 (``{train.epochs: 1}``); both are stored nested, so every setting can be overridden on the command line as
 ``--common_overrides.train.epochs 1`` or ``--entries.sentiment-window.sweep.sparse.options.window "[2, 4]"``.
-A run's config is: the entry's config file <- common_overrides <- the entry's overrides <- its sweep values,
+A run's config is: the entry's config file <- common_overrides <- task_overrides[task] <- the entry's overrides
+<- its sweep values,
 then ``run_name`` and ``output_dir`` set by the study.
 """
 
@@ -73,6 +75,7 @@ class StudyConfig:
     accelerate_config: str = "configs/accelerate/cpu_single.yaml"
     timeout_s: int | None = 1800
     common_overrides: dict[str, Any] = field(default_factory=dict)
+    task_overrides: dict[str, Any] = field(default_factory=dict)
     entries: dict[str, EntryConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,6 +85,9 @@ class StudyConfig:
             raise ConfigError(f"study key 'launcher' must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigError(f"study key 'timeout_s' must be > 0 or null, got {self.timeout_s!r}")
+        for task, value in self.task_overrides.items():
+            if not isinstance(value, dict):
+                raise ConfigError(f"study key 'task_overrides.{task}' must be a mapping of overrides, got {value!r}")
         for name, entry in self.entries.items():
             where = f"entries.{name}"
             if not re.fullmatch(r"[\w.-]+", name):
@@ -151,7 +157,8 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
             point = dict(zip(keys, values, strict=True))
             suffix = "-".join(f"{k.rsplit('.', 1)[-1]}{_slug(v)}" for k, v in point.items())
             name = f"{entry_name}-{suffix}" if suffix else entry_name
-            overrides = _merge(_merge(study.common_overrides, entry.overrides), unflatten(point))
+            overrides = _merge(study.common_overrides, study.task_overrides.get(entry.task) or {})
+            overrides = _merge(_merge(overrides, entry.overrides), unflatten(point))
             runs.append(PlannedRun(name, entry_name, entry.task, entry.config, overrides, point, entry.prepare))
     seen: set[str] = set()
     for run in runs:
@@ -228,6 +235,8 @@ def _normalize(data: Any) -> Any:
     data = dict(data)
     if isinstance(data.get("common_overrides"), dict):
         data["common_overrides"] = _nest(data["common_overrides"])
+    if isinstance(data.get("task_overrides"), dict):
+        data["task_overrides"] = {k: _nest(v) if isinstance(v, dict) else v for k, v in data["task_overrides"].items()}
     if isinstance(data.get("entries"), dict):
         entries = {}
         for name, entry in data["entries"].items():
