@@ -221,3 +221,50 @@ def test_study_script_through_accelerate_subprocess(tmp_path):
     again = subprocess.run([*command, "--only", "image-local-*"], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0 and "skipped (finished earlier" in again.stdout
+
+
+# -- prepare commands and the report's judgements, on synthetic metrics ------------------------------------------------
+
+
+def _fake_launcher(values: dict[str, tuple[float, float, float, str]]):
+    """Writes a metrics.json per run: (accuracy, token density, train samples/s, backend) by run name."""
+
+    def launch(config_path: Path, run_dir: Path, timeout_s) -> Launched:
+        accuracy, density, speed, backend = values[run_dir.name]
+        sparse = {"pattern": "dense" if backend == "dense" else "local_2d", "token_density": density,
+                  "block_density": density, "eval_length": 197,
+                  "backends": {} if backend == "dense" else {"layer.0": backend, "layer.1": backend}}
+        metrics = {"run_name": run_dir.name, "status": "ok", "primary_metric": "accuracy", "test": {"accuracy": accuracy},
+                   "speed": {"train_samples_per_s": speed, "eval_samples_per_s": 2 * speed, "peak_memory_mb": 100.0},
+                   "sparse": sparse}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return Launched(0)
+
+    return launch
+
+
+def test_prepare_runs_once_and_report_judgements(tmp_path):
+    marker = tmp_path / "made"
+    data = _micro(tmp_path / "study")
+    local = data["entries"]["image-local"]
+    local["sweep"] = {"sparse.options.window": [1, 2, 4]}
+    local["prepare"] = {"command": f"python -c \"open({str(marker)!r}, 'w').write('x')\"", "creates": str(marker)}
+    data["entries"] = {"image-dense": data["entries"]["image-dense"], "image-local": local,
+                       "image-gated": {"task": "image", "config": str(ROOT / "configs/image/local_2d.yaml"),
+                                       "prepare": {"command": "python -c \"raise SystemExit('no gates here')\"",
+                                                   "creates": str(tmp_path / "never")}}}
+    study = StudyConfig.from_dict(data)
+    values = {"image-dense": (0.80, 1.0, 100.0, "dense"), "image-local-window1": (0.70, 0.05, 150.0, "blocksparse"),
+              "image-local-window2": (0.79, 0.12, 130.0, "blocksparse"), "image-local-window4": (0.81, 0.4, 105.0, "masked_sdpa")}
+    lines: list[str] = []
+    results = run_study(study, expand(study), launcher=_fake_launcher(values), log=lines.append)
+    assert marker.read_text() == "x" and sum(line.startswith("prepare:") for line in lines) == 2
+    assert [r.status for r in results] == ["ok", "ok", "ok", "ok", "failed"]
+    assert results[-1].error == "prepare command failed: no gates here"
+    table = write_report(study, results, wall_s=1.0)
+    assert [r["pareto"] for r in table[:4]] == [False, True, True, True]  # dense is beaten by window4 in both
+    report = (tmp_path / "study/report.md").read_text()
+    assert "A sparse kernel (blocksparse) ran at 197 tokens in 2 of 3 sparse runs" in report
+    assert "image-local-window4 used masked_sdpa only" in report
+    assert "image-local: too sparse from window=1 (token density 0.050" in report
+    assert "| 1.50x |" in report  # window1's train speed-up over dense
