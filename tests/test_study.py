@@ -255,7 +255,7 @@ def test_prepare_runs_once_and_report_judgements(tmp_path):
                                                    "creates": str(tmp_path / "never")}}}
     study = StudyConfig.from_dict(data)
     values = {"image-dense": (0.80, 1.0, 100.0, "dense"), "image-local-window1": (0.70, 0.05, 150.0, "blocksparse"),
-              "image-local-window2": (0.79, 0.12, 130.0, "blocksparse"), "image-local-window4": (0.81, 0.4, 105.0, "masked_sdpa")}
+              "image-local-window2": (0.795, 0.12, 130.0, "blocksparse"), "image-local-window4": (0.81, 0.4, 105.0, "masked_sdpa")}
     lines: list[str] = []
     results = run_study(study, expand(study), launcher=_fake_launcher(values), log=lines.append)
     assert marker.read_text() == "x" and sum(line.startswith("prepare:") for line in lines) == 2

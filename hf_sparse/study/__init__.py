@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def write_report(study: StudyConfig, results: list[RunResult], wall_s: float, tolerance: float = 0.01) -> list[dict]:
+def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) -> list[dict]:
     """``report.csv``, ``plots/*.png`` and ``report.md`` in the study folder; returns the table rows."""
     root = study.root
     root.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float, to
         "training loop and of the test evaluation; speed-up divides by the task's dense run; peak memory is "
         "the process peak RSS on CPU (CUDA max allocated on GPU). Config of each run: `runs/<run>/run_config.yaml`.",
     ]
-    (root / "report.md").write_text(markdown(table, f"Study {study.name}", preamble, tolerance, plots))
+    (root / "report.md").write_text(markdown(table, f"Study {study.name}", preamble, study.tolerance, plots))
     return table
 
 

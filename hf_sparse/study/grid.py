@@ -7,6 +7,7 @@ A study YAML (see configs/study/default.yaml)::
     launcher: accelerate               # accelerate | python (a plain subprocess)
     accelerate_config: configs/accelerate/cpu_single.yaml
     timeout_s: 1800                    # per run; a run past it is killed and shown as failed
+    tolerance: 0.01                    # "too sparse": the metric falls more than this fraction below dense
     common_overrides: {seed: 0, train: {num_threads: 2, epochs: 1}}
     task_overrides: {image: {model.config.patch_size: 2}}   # per task, after common_overrides
     entries:
@@ -74,6 +75,7 @@ class StudyConfig:
     launcher: str = "accelerate"
     accelerate_config: str = "configs/accelerate/cpu_single.yaml"
     timeout_s: int | None = 1800
+    tolerance: float = 0.01
     common_overrides: dict[str, Any] = field(default_factory=dict)
     task_overrides: dict[str, Any] = field(default_factory=dict)
     entries: dict[str, EntryConfig] = field(default_factory=dict)
@@ -83,6 +85,8 @@ class StudyConfig:
             raise ConfigError(f"study key 'name' must be a folder name (letters, digits, . _ -), got {self.name!r}")
         if self.launcher not in LAUNCHERS:
             raise ConfigError(f"study key 'launcher' must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ConfigError(f"study key 'tolerance' must be a fraction in [0, 1), got {self.tolerance!r}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigError(f"study key 'timeout_s' must be > 0 or null, got {self.timeout_s!r}")
         for task, value in self.task_overrides.items():
@@ -294,5 +298,7 @@ def _value(value: Any, hint: Any, key: str) -> Any:
             return value
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
             return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     wanted = " or ".join("null" if o is type(None) else getattr(typing.get_origin(o) or o, "__name__", str(o)) for o in options)
     raise ConfigError(f"study key '{key}' must be {wanted}, got {type(value).__name__}: {value!r}")

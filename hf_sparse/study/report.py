@@ -93,7 +93,8 @@ def speed_note(task_rows: list[dict[str, Any]]) -> str:
 
 
 def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
-    """Per swept entry: the densest setting whose metric falls more than ``tolerance`` below dense."""
+    """Per swept entry: the densest setting whose metric falls more than the fraction ``tolerance`` below
+    dense (``value < dense * (1 - tolerance)``)."""
     dense = next((r for r in task_rows if r["status"] == "ok" and r["pattern"] == "dense"), None)
     if dense is None or dense["value"] is None:
         return []
@@ -103,9 +104,9 @@ def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
                          and r["token_density"] is not None), key=lambda r: -r["token_density"])
         if len(points) < 2:
             continue
-        bad = [r for r in points if r["value"] < dense["value"] - tolerance]
+        bad = [r for r in points if r["value"] < dense["value"] * (1 - tolerance)]
         if not bad:
-            lines.append(f"{entry}: every setting stays within {tolerance:g} of dense "
+            lines.append(f"{entry}: every setting stays within {tolerance:.0%} of dense "
                          f"(down to token density {points[-1]['token_density']:.3f})")
         else:
             first = bad[0]
@@ -159,8 +160,7 @@ def markdown(table: list[dict[str, Any]], title: str, preamble: Iterable[str], t
         lines.append("")
         sparse_limits = too_sparse(task_rows, tolerance)
         if sparse_limits:
-            lines += ["Where \"too sparse\" starts (metric more than "
-                      f"{tolerance:g} below dense):", "", *[f"- {line}" for line in sparse_limits], ""]
+            lines += [f"Where \"too sparse\" starts (metric more than {tolerance:.0%} below dense):", "", *[f"- {line}" for line in sparse_limits], ""]
         for name in plots.get(task, []):
             lines += [f"![{task}: {Path(name).stem}]({name})", ""]
     return "\n".join(lines)
