@@ -39,8 +39,9 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) ->
     cached = sum(r.skipped for r in results)
     budget = ", ".join(f"{k}={v}" for k, v in flatten(study.common_overrides).items()) or "as in each config"
     preamble = [
-        f"{len(results)} runs ({done} ok, {len(results) - done} failed, {cached} reused from an earlier run); "
-        f"study wall time {wall_s / 60:.1f} min on {platform.machine()} ({_cpus()} CPUs).",
+        f"{len(results)} runs ({done} ok, {len(results) - done} failed, {cached} reused from an earlier run) on "
+        f"{platform.machine()} ({_cpus()} CPUs): the run processes took {sum(r.wall_s for r in results) / 60:.1f} min "
+        f"launch to exit (reused runs included); this invocation of the study took {wall_s / 60:.1f} min.",
         "",
         f"Shared budget and settings: {budget}. Metrics are on the test split; throughput is samples/s of the "
         "training loop and of the test evaluation; speed-up divides by the task's dense run; peak memory is "

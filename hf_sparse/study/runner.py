@@ -2,7 +2,8 @@
 skip logic for finished runs, ``prepare`` commands, and the one-line error of a failed run.
 
 Each run lives in ``<study root>/runs/<run>/``: ``run_config.yaml`` (the resolved config it ran with, which
-is also the ``--config`` given to finetune.py), ``metrics.json``, ``stdout.log`` and ``stderr.log``. A run
+is also the ``--config`` given to finetune.py), ``metrics.json``, ``launch.json`` (process wall time),
+``stdout.log`` and ``stderr.log``. A run
 is skipped when its metrics.json says ``status: ok`` and its run_config.yaml equals the config the study
 resolves now; otherwise its folder is cleared and it runs again.
 """
@@ -31,6 +32,7 @@ from .grid import PlannedRun, PrepareConfig, StudyConfig, resolve
 ROOT = Path(__file__).resolve().parent.parent.parent
 FINETUNE = ROOT / "scripts" / "finetune.py"
 RUN_CONFIG = "run_config.yaml"
+LAUNCH_FILE = "launch.json"  # wall time of the run's process, launch to exit (kept for reused runs)
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _one(study: StudyConfig, run: PlannedRun, launcher: Launcher, prepared: dict
     except ConfigError as exc:
         return _failed(run, run_dir, str(exc), 0.0)
     if finished(run_dir, resolved):
-        return RunResult(run, "ok", skipped=True, metrics=read_metrics(run_dir))
+        return RunResult(run, "ok", skipped=True, wall_s=_launch_wall(run_dir), metrics=read_metrics(run_dir))
     if run.prepare is not None:
         if run.entry not in prepared:
             prepared[run.entry] = prepare(run.prepare, study.root / "prepare" / run.entry, log, study.timeout_s)
@@ -158,6 +160,7 @@ def _one(study: StudyConfig, run: PlannedRun, launcher: Launcher, prepared: dict
     tick = time.perf_counter()
     launched = launcher(config_path, run_dir, study.timeout_s)
     wall = time.perf_counter() - tick
+    (run_dir / LAUNCH_FILE).write_text(json.dumps({"wall_s": round(wall, 2), "returncode": launched.returncode}) + "\n")
     metrics = read_metrics(run_dir)
     if launched.returncode == 0 and metrics is not None and metrics.get("status") == "ok":
         if not keep_checkpoints:
@@ -205,7 +208,8 @@ def collect(study: StudyConfig, runs: list[PlannedRun]) -> list[RunResult]:
     for run in runs:
         metrics = read_metrics(study.root / "runs" / run.name)
         if metrics is not None and metrics.get("status") == "ok":
-            results.append(RunResult(run, "ok", skipped=True, metrics=metrics))
+            results.append(RunResult(run, "ok", skipped=True, wall_s=_launch_wall(study.root / "runs" / run.name),
+                                     metrics=metrics))
         else:
             error = (metrics or {}).get("error") or "not run yet"
             results.append(RunResult(run, "failed", error=error, metrics=metrics))
@@ -222,6 +226,13 @@ def finished(run_dir: Path, resolved: dict[str, Any]) -> bool:
     if metrics is None or metrics.get("status") != "ok" or not config_path.is_file():
         return False
     return yaml.safe_load(config_path.read_text()) == resolved
+
+
+def _launch_wall(run_dir: Path) -> float:
+    try:
+        return float(json.loads((run_dir / LAUNCH_FILE).read_text())["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
