@@ -127,6 +127,11 @@ def test_error_line_skips_accelerate_noise_and_progress_bars():
     assert error_line(stderr) == "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"
     assert error_line("noise\nfinetune.py: error: bad thing\nTraceback\n") == "finetune.py: error: bad thing"
     assert error_line("") is None
+    from hf_sparse.study.runner import _signal
+
+    assert _signal(Launched(-15)) == "killed by SIGTERM"
+    assert _signal(Launched(1, "subprocess.CalledProcessError: Command '[..]' died with <Signals.SIGKILL: 9>.")) == "killed by SIGKILL"
+    assert _signal(Launched(-9, "timed out after 5 s (study key timeout_s)")) is None and _signal(Launched(1, "x")) is None
 
 
 # -- a micro study, in-process -------------------------------------------------------------------------------------

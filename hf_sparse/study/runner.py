@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -166,10 +167,18 @@ def _one(study: StudyConfig, run: PlannedRun, launcher: Launcher, prepared: dict
         if not keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return RunResult(run, "ok", wall_s=wall, metrics=metrics)
-    error = (metrics or {}).get("error") or error_line(launched.stderr)
+    error = (metrics or {}).get("error") or _signal(launched) or error_line(launched.stderr)
     if launched.returncode == 0 and not error:
         error = "finetune.py exited 0 but wrote no metrics.json with status ok"
     return _failed(run, run_dir, error or f"exit status {launched.returncode}", wall)
+
+
+def _signal(launched: Launched) -> str | None:
+    """"killed by SIGxxx" when the run (or accelerate's child) died of a signal, else ``None``."""
+    if launched.returncode < 0 and not launched.stderr.startswith("timed out"):
+        return f"killed by {signal.Signals(-launched.returncode).name}"
+    found = re.search(r"died with <Signals\.(SIG\w+)", launched.stderr)
+    return f"killed by {found.group(1)}" if found else None
 
 
 def _failed(run: PlannedRun, run_dir: Path, error: str, wall: float) -> RunResult:
