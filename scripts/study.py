@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="study YAML (configs/study/<name>.yaml)")
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
-                        help="run only the runs whose name matches (repeatable); the report still lists them only")
+                        help="run and report only the runs whose name matches (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs; run nothing")
     args, overrides = parser.parse_known_args(argv)
