@@ -83,12 +83,13 @@ def speed_note(task_rows: list[dict[str, Any]]) -> str:
     fast = [r for r in sparse if set(r["backends_set"]) - DENSE_COST_BACKENDS]
     if not fast:
         return (f"**No sparse kernel ran{at}**: every sparse run used masked_sdpa (dense attention plus a mask), "
-                "so speed differences are mask overhead and noise, not a sparsity speed-up.")
+                "so speed differences are mask overhead and noise, not a sparsity speed-up (speed-ups in parentheses).")
     slow = [r["run"] for r in sparse if r not in fast]
     kernels = sorted({b for r in fast for b in r["backends_set"]} - DENSE_COST_BACKENDS)
     note = f"A sparse kernel ({', '.join(kernels)}) ran{at} in {len(fast)} of {len(sparse)} sparse runs"
     if slow:
-        note += f"; {', '.join(slow)} used masked_sdpa only (their speed differences are overhead and noise)"
+        note += (f"; {', '.join(slow)} used masked_sdpa only (their speed-ups, in parentheses, are overhead and "
+                 "noise)")
     return note + ". Differences under ~10% are within run-to-run noise on a shared CPU."
 
 
@@ -192,7 +193,8 @@ def _cell(key: str, r: dict[str, Any]) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if key.endswith("speedup"):
-        return f"{value:.2f}x"
+        no_kernel = r["pattern"] != "dense" and not set(r["backends_set"]) - DENSE_COST_BACKENDS
+        return f"({value:.2f}x)" if no_kernel else f"{value:.2f}x"
     if key in ("token_density", "block_density", "value"):
         return f"{value:.3f}" if key != "value" else f"{value:.4f}"
     if isinstance(value, float):
