@@ -273,3 +273,16 @@ def test_prepare_runs_once_and_report_judgements(tmp_path):
     assert "image-local-window4 used masked_sdpa only" in report
     assert "image-local: too sparse from window=1 (token density 0.050" in report
     assert "| 1.50x |" in report and "| (1.05x) |" in report  # window1 (blocksparse); window4 (masked_sdpa only)
+
+
+def test_too_sparse_when_every_setting_falls_below_dense():
+    from hf_sparse.study.report import too_sparse
+
+    def row(entry, sweep, density, value):
+        return {"entry": entry, "sweep": sweep, "token_density": density, "value": value, "metric": "accuracy",
+                "status": "ok", "pattern": "dense" if not sweep else "x", "test_size": 300}
+
+    table = [row("d", "", 1.0, 0.71), row("w", "window=8", 0.48, 0.67), row("w", "window=1", 0.15, 0.64)]
+    lines = too_sparse(table, 0.01)
+    assert lines[0].startswith("w: every setting falls more than 1% below dense, the densest too (window=8")
+    assert lines[1] == "for scale: one standard error of the dense accuracy on 300 test examples is ±0.026"

@@ -47,6 +47,11 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) ->
         "training loop and of the test evaluation; speed-up divides by the task's dense run; peak memory is "
         "the process peak RSS on CPU (CUDA max allocated on GPU). Config of each run: `runs/<run>/run_config.yaml`.",
     ]
+    loads = [r.load_avg for r in results if r.load_avg is not None]
+    if loads:
+        busy = max(loads) > _cpus() + 0.5
+        preamble += ["", f"1-minute load average as the runs ended: {min(loads):.1f}-{max(loads):.1f} on {_cpus()} CPUs"
+                     + ("; the machine was shared with other jobs, so the speed columns carry their noise." if busy else ".")]
     (root / "report.md").write_text(markdown(table, f"Study {study.name}", preamble, study.tolerance, plots))
     return table
 

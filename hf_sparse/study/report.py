@@ -42,6 +42,7 @@ def rows(results: list[RunResult]) -> list[dict[str, Any]]:
             "train_samples_per_s": speed.get("train_samples_per_s"), "eval_samples_per_s": speed.get("eval_samples_per_s"),
             "generation_tokens_per_s": speed.get("generation_tokens_per_s"),
             "train_speedup": None, "eval_speedup": None, "peak_memory_mb": speed.get("peak_memory_mb"),
+            "test_size": (m.get("data") or {}).get("test"), "load_avg": result.load_avg,
             "backends": _backends(sparse), "backends_set": sorted(set(_collect(sparse, "backends"))), "pareto": False, "total_wall_s": speed.get("total_wall_s"),
             "error": result.error if result.status != "ok" else None,
         })
@@ -109,10 +110,18 @@ def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
         if not bad:
             lines.append(f"{entry}: every setting stays within {tolerance:.0%} of dense "
                          f"(down to token density {points[-1]['token_density']:.3f})")
+        elif len(bad) == len(points):
+            lines.append(f"{entry}: every setting falls more than {tolerance:.0%} below dense, the densest too "
+                         f"({bad[0]['sweep']}, token density {bad[0]['token_density']:.3f}, {bad[0]['metric']} "
+                         f"{bad[0]['value']:.4f} vs dense {dense['value']:.4f})")
         else:
             first = bad[0]
             lines.append(f"{entry}: too sparse from {first['sweep']} (token density {first['token_density']:.3f}, "
                          f"{first['metric']} {first['value']:.4f} vs dense {dense['value']:.4f})")
+    if dense.get("test_size") and dense["metric"] == "accuracy" and lines:
+        p, n = dense["value"], dense["test_size"]
+        lines.append(f"for scale: one standard error of the dense accuracy on {n} test examples is "
+                     f"±{(p * (1 - p) / n) ** 0.5:.3f}")
     return lines
 
 

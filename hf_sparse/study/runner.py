@@ -58,6 +58,7 @@ class RunResult:
     skipped: bool = False
     wall_s: float = 0.0
     metrics: dict[str, Any] | None = None
+    load_avg: float | None = None  # the machine's 1-minute load average when the run ended
 
 
 # -- launchers ----------------------------------------------------------------------------------------------------
@@ -147,7 +148,8 @@ def _one(study: StudyConfig, run: PlannedRun, launcher: Launcher, prepared: dict
     except ConfigError as exc:
         return _failed(run, run_dir, str(exc), 0.0)
     if finished(run_dir, resolved):
-        return RunResult(run, "ok", skipped=True, wall_s=_launch_wall(run_dir), metrics=read_metrics(run_dir))
+        return RunResult(run, "ok", skipped=True, wall_s=_launch_wall(run_dir), metrics=read_metrics(run_dir),
+                         load_avg=_launch_load(run_dir))
     if run.prepare is not None:
         if run.entry not in prepared:
             prepared[run.entry] = prepare(run.prepare, study.root / "prepare" / run.entry, log, study.timeout_s)
@@ -161,12 +163,14 @@ def _one(study: StudyConfig, run: PlannedRun, launcher: Launcher, prepared: dict
     tick = time.perf_counter()
     launched = launcher(config_path, run_dir, study.timeout_s)
     wall = time.perf_counter() - tick
-    (run_dir / LAUNCH_FILE).write_text(json.dumps({"wall_s": round(wall, 2), "returncode": launched.returncode}) + "\n")
+    load = round(os.getloadavg()[0], 2)
+    (run_dir / LAUNCH_FILE).write_text(
+        json.dumps({"wall_s": round(wall, 2), "returncode": launched.returncode, "load_avg_1min": load}) + "\n")
     metrics = read_metrics(run_dir)
     if launched.returncode == 0 and metrics is not None and metrics.get("status") == "ok":
         if not keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        return RunResult(run, "ok", wall_s=wall, metrics=metrics)
+        return RunResult(run, "ok", wall_s=wall, metrics=metrics, load_avg=load)
     error = (metrics or {}).get("error") or _signal(launched) or error_line(launched.stderr)
     if launched.returncode == 0 and not error:
         error = "finetune.py exited 0 but wrote no metrics.json with status ok"
@@ -217,8 +221,9 @@ def collect(study: StudyConfig, runs: list[PlannedRun]) -> list[RunResult]:
     for run in runs:
         metrics = read_metrics(study.root / "runs" / run.name)
         if metrics is not None and metrics.get("status") == "ok":
-            results.append(RunResult(run, "ok", skipped=True, wall_s=_launch_wall(study.root / "runs" / run.name),
-                                     metrics=metrics))
+            run_dir = study.root / "runs" / run.name
+            results.append(RunResult(run, "ok", skipped=True, wall_s=_launch_wall(run_dir), metrics=metrics,
+                                     load_avg=_launch_load(run_dir)))
         else:
             error = (metrics or {}).get("error") or "not run yet"
             results.append(RunResult(run, "failed", error=error, metrics=metrics))
@@ -242,6 +247,13 @@ def _launch_wall(run_dir: Path) -> float:
         return float(json.loads((run_dir / LAUNCH_FILE).read_text())["wall_s"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
+
+
+def _launch_load(run_dir: Path) -> float | None:
+    try:
+        return float(json.loads((run_dir / LAUNCH_FILE).read_text())["load_avg_1min"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
