@@ -286,3 +286,6 @@ def test_too_sparse_when_every_setting_falls_below_dense():
     lines = too_sparse(table, 0.01)
     assert lines[0].startswith("w: every setting falls more than 1% below dense, the densest too (window=8")
     assert lines[1] == "for scale: one standard error of the dense accuracy on 300 test examples is ±0.026"
+    mixed = [row("d", "", 1.0, 0.32), row("w", "window=4", 0.3, 0.31), row("w", "window=1", 0.05, 0.33)]
+    assert too_sparse(mixed, 0.01)[0] == ("w: no clear point: window=4 fall more than 1% below dense but the sparser "
+                                          "window=1 do not (noise at this budget)")

@@ -114,6 +114,10 @@ def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
             lines.append(f"{entry}: every setting falls more than {tolerance:.0%} below dense, the densest too "
                          f"({bad[0]['sweep']}, token density {bad[0]['token_density']:.3f}, {bad[0]['metric']} "
                          f"{bad[0]['value']:.4f} vs dense {dense['value']:.4f})")
+        elif any(points.index(r) > points.index(bad[0]) for r in points if r not in bad):
+            fine = ", ".join(r["sweep"] for r in points[points.index(bad[0]):] if r not in bad)
+            lines.append(f"{entry}: no clear point: {', '.join(r['sweep'] for r in bad)} fall more than "
+                         f"{tolerance:.0%} below dense but the sparser {fine} do not (noise at this budget)")
         else:
             first = bad[0]
             lines.append(f"{entry}: too sparse from {first['sweep']} (token density {first['token_density']:.3f}, "
