@@ -295,7 +295,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     mapping). ``--sparse null`` makes a run dense; ``--sparse.pattern ...`` on a dense config starts a
     sparse mapping.
     """
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False))  # deep copy (keeping the key order)
     items = list(overrides)
     while items:
         flag = items.pop(0)

@@ -1,0 +1,304 @@
+"""The study config (a grid of fine-tuning runs) and its expansion into runs.
+
+A study YAML (see configs/study/default.yaml)::
+
+    name: default                      # results go to output_dir (default results/<name>)
+    output_dir: null
+    launcher: accelerate               # accelerate | python (a plain subprocess)
+    accelerate_config: configs/accelerate/cpu_single.yaml
+    timeout_s: 1800                    # per run; a run past it is killed and shown as failed
+    tolerance: 0.01                    # "too sparse": the metric falls more than this fraction below dense
+    common_overrides: {seed: 0, train: {num_threads: 2, epochs: 1}}
+    task_overrides: {image: {model.config.patch_size: 2}}   # per task, after common_overrides
+    entries:
+      sentiment-window:                # entry name = run-name prefix
+        task: sentiment
+        config: configs/sentiment/sliding_window.yaml
+        overrides: {data: {max_train_samples: 800}}
+        sweep: {sparse.options.window: [2, 4, 8]}     # cartesian product over the listed keys
+        prepare: {command: "python scripts/...", creates: path}   # optional, run once if `creates` is missing
+        enabled: true
+
+Overrides and sweeps may be written nested (``{train: {epochs: 1}}``) or with dotted keys
+(``{train.epochs: 1}``); both are stored nested, so every setting can be overridden on the command line as
+``--common_overrides.train.epochs 1`` or ``--entries.sentiment-window.sweep.sparse.options.window "[2, 4]"``.
+A run's config is: the entry's config file <- common_overrides <- task_overrides[task] <- the entry's overrides
+<- its sweep values,
+then ``run_name`` and ``output_dir`` set by the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..finetune.config import ConfigError, apply_overrides
+
+LAUNCHERS = ("accelerate", "python")
+
+
+@dataclass
+class PrepareConfig:
+    """A command run once before an entry's runs when the path ``creates`` does not exist (e.g. training
+    the gates a ``learned_gate`` config loads). ``python`` as the first word means this interpreter."""
+
+    command: str = ""
+    creates: str = ""
+
+
+@dataclass
+class EntryConfig:
+    """One config file, swept over the cartesian product of ``sweep`` (nested mapping whose leaves are
+    lists of values; empty: a single run)."""
+
+    task: str = ""
+    config: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, Any] = field(default_factory=dict)
+    prepare: PrepareConfig | None = None
+    enabled: bool = True
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    output_dir: str | None = None
+    launcher: str = "accelerate"
+    accelerate_config: str = "configs/accelerate/cpu_single.yaml"
+    timeout_s: int | None = 1800
+    tolerance: float = 0.01
+    common_overrides: dict[str, Any] = field(default_factory=dict)
+    task_overrides: dict[str, Any] = field(default_factory=dict)
+    entries: dict[str, EntryConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[\w.-]+", self.name or ""):
+            raise ConfigError(f"study key 'name' must be a folder name (letters, digits, . _ -), got {self.name!r}")
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f"study key 'launcher' must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ConfigError(f"study key 'tolerance' must be a fraction in [0, 1), got {self.tolerance!r}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ConfigError(f"study key 'timeout_s' must be > 0 or null, got {self.timeout_s!r}")
+        for task, value in self.task_overrides.items():
+            if not isinstance(value, dict):
+                raise ConfigError(f"study key 'task_overrides.{task}' must be a mapping of overrides, got {value!r}")
+        for name, entry in self.entries.items():
+            where = f"entries.{name}"
+            if not re.fullmatch(r"[\w.-]+", name):
+                raise ConfigError(f"study entry name {name!r} must be letters, digits, . _ - (it names runs)")
+            if not entry.task or not entry.config:
+                raise ConfigError(f"study key '{where}' needs both 'task' and 'config'")
+            for key, values in flatten(entry.sweep).items():
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"study key '{where}.sweep.{key}' must be a non-empty list of values, got {values!r}")
+            if entry.prepare is not None and not (entry.prepare.command and entry.prepare.creates):
+                raise ConfigError(f"study key '{where}.prepare' needs both 'command' and 'creates'")
+
+    @property
+    def root(self) -> Path:
+        """The study's folder: report, plots and ``runs/<run>/``."""
+        return Path(self.output_dir or f"results/{self.name}")
+
+    # -- round trips --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StudyConfig:
+        return _build(cls, _normalize(data), "")
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+        """Read the study YAML ``path`` and apply ``--a.b value`` ``overrides``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"study config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        return cls.from_dict(apply_overrides(_normalize(data), overrides or []))
+
+
+# -- planned runs -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlannedRun:
+    """One fine-tuning run of the study: its name, entry, task, config file and overrides (nested)."""
+
+    name: str
+    entry: str
+    task: str
+    config: str
+    overrides: dict[str, Any]
+    sweep: dict[str, Any]  # the dotted sweep keys and this run's values (for the report)
+    prepare: PrepareConfig | None = None
+
+
+def expand(study: StudyConfig) -> list[PlannedRun]:
+    """The runs of ``study`` in order: entries as written, sweep values in their cartesian product."""
+    runs: list[PlannedRun] = []
+    for entry_name, entry in study.entries.items():
+        if not entry.enabled:
+            continue
+        sweep = flatten(entry.sweep)
+        keys = list(sweep)
+        for values in itertools.product(*(sweep[k] for k in keys)):
+            point = dict(zip(keys, values, strict=True))
+            suffix = "-".join(f"{k.rsplit('.', 1)[-1]}{_slug(v)}" for k, v in point.items())
+            name = f"{entry_name}-{suffix}" if suffix else entry_name
+            overrides = _merge(study.common_overrides, study.task_overrides.get(entry.task) or {})
+            overrides = _merge(_merge(overrides, entry.overrides), unflatten(point))
+            runs.append(PlannedRun(name, entry_name, entry.task, entry.config, overrides, point, entry.prepare))
+    seen: set[str] = set()
+    for run in runs:
+        if run.name in seen:
+            raise ConfigError(f"two study runs are both named {run.name!r}; rename an entry")
+        seen.add(run.name)
+    return runs
+
+
+def resolve(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:
+    """The full run config (a RunConfig mapping) of ``run``: validated; raises :class:`ConfigError`."""
+    from ..finetune.config import RunConfig
+
+    path = Path(run.config)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (entry {run.entry!r})")
+    try:
+        base = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    data = _merge(base, run.overrides)
+    data.update(run_name=run.name, output_dir=str(study.root / "runs"))
+    if data.get("task", run.task) != run.task:
+        raise ConfigError(f"entry {run.entry!r} says task {run.task!r} but {path} is task {data.get('task')!r}")
+    return RunConfig.from_dict(data).to_dict()
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{a: {b: 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves; an empty mapping is a leaf too)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{a: {b: 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, last = str(key).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def _merge(base: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``extra`` merged in (mappings recursively; ``None`` or a scalar replaces)."""
+    out = yaml.safe_load(yaml.safe_dump(base, sort_keys=False)) or {}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = yaml.safe_load(yaml.safe_dump(value, sort_keys=False))
+    return out
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "x"
+
+
+def _normalize(data: Any) -> Any:
+    """Dotted keys of the override and sweep mappings written nested, so CLI overrides land in one place."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if isinstance(data.get("common_overrides"), dict):
+        data["common_overrides"] = _nest(data["common_overrides"])
+    if isinstance(data.get("task_overrides"), dict):
+        data["task_overrides"] = {k: _nest(v) if isinstance(v, dict) else v for k, v in data["task_overrides"].items()}
+    if isinstance(data.get("entries"), dict):
+        entries = {}
+        for name, entry in data["entries"].items():
+            if isinstance(entry, dict):
+                entry = dict(entry)
+                for key in ("overrides", "sweep"):
+                    if isinstance(entry.get(key), dict):
+                        entry[key] = _nest(entry[key])
+            entries[name] = entry
+        data["entries"] = entries
+    return data
+
+
+def _nest(tree: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        nested = _nest(value) if isinstance(value, dict) else value
+        out = _merge(out, unflatten({str(key): nested}))
+    return out
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """``cls`` from the mapping ``data``, type-checked; every problem is a one-line :class:`ConfigError`."""
+    where = prefix.rstrip(".") or "study config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"study key '{where}' must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown study key '{prefix}{key}'{hint}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _value(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _value(value: Any, hint: Any, key: str) -> Any:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if dataclasses.is_dataclass(option):
+            return _build(option, value, f"{key}.")
+        origin = typing.get_origin(option) or option
+        if origin is dict and isinstance(value, dict):
+            args = typing.get_args(option)
+            if args and dataclasses.is_dataclass(args[1]):
+                return {str(k): _build(args[1], v, f"{key}.{k}.") for k, v in value.items()}
+            return value
+        if origin is Any or (origin in (str, list) and isinstance(value, origin)):
+            return value
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    wanted = " or ".join("null" if o is type(None) else getattr(typing.get_origin(o) or o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"study key '{key}' must be {wanted}, got {type(value).__name__}: {value!r}")

@@ -1,0 +1,248 @@
+"""The study's table: one row per run from its metrics.json (speed-ups against the task's dense run), the
+honesty notes on speed, the Pareto front, the "too sparse" point, and the CSV / markdown / console forms."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .runner import RunResult
+
+#: Backends that compute every (query, key) pair: a speed difference with them is overhead or noise.
+DENSE_COST_BACKENDS = {"masked_sdpa", "reference"}
+
+CSV_COLUMNS = [
+    "task", "run", "entry", "sweep", "status", "skipped", "pattern", "metric", "value", "token_density",
+    "block_density", "block_size", "eval_length", "train_samples_per_s", "eval_samples_per_s",
+    "generation_tokens_per_s", "train_speedup", "eval_speedup", "peak_memory_mb", "backends", "pareto",
+    "total_wall_s", "error",
+]
+
+
+def rows(results: list[RunResult]) -> list[dict[str, Any]]:
+    """One flat row per result; speed-ups divide by the first ok dense run of the same task."""
+    out = []
+    for result in results:
+        m = result.metrics if result.status == "ok" else None
+        m = m or {}
+        speed, sparse = m.get("speed") or {}, m.get("sparse") or {}
+        primary = m.get("primary_metric")
+        out.append({
+            "task": result.run.task, "run": result.run.name, "entry": result.run.entry,
+            "sweep": ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in result.run.sweep.items()),
+            "status": result.status, "skipped": result.skipped,
+            "pattern": sparse.get("pattern") or _part_patterns(sparse), "metric": primary,
+            "value": (m.get("test") or {}).get(primary), "token_density": _density(sparse, "token_density"),
+            "block_density": _density(sparse, "block_density"), "block_size": sparse.get("block_size"),
+            "eval_length": sparse.get("eval_length"),
+            "train_samples_per_s": speed.get("train_samples_per_s"), "eval_samples_per_s": speed.get("eval_samples_per_s"),
+            "generation_tokens_per_s": speed.get("generation_tokens_per_s"),
+            "train_speedup": None, "eval_speedup": None, "peak_memory_mb": speed.get("peak_memory_mb"),
+            "test_size": (m.get("data") or {}).get("test"), "load_avg": result.load_avg,
+            "backends": _backends(sparse), "backends_set": sorted(set(_collect(sparse, "backends"))), "pareto": False, "total_wall_s": speed.get("total_wall_s"),
+            "error": result.error if result.status != "ok" else None,
+        })
+    for task in tasks(out):
+        task_rows = [r for r in out if r["task"] == task]
+        dense = next((r for r in task_rows if r["status"] == "ok" and r["pattern"] == "dense"), None)
+        for r in task_rows:
+            for kind in ("train", "eval"):
+                base, mine = (dense or {}).get(f"{kind}_samples_per_s"), r[f"{kind}_samples_per_s"]
+                if base and mine:
+                    r[f"{kind}_speedup"] = round(mine / base, 3)
+        ok = [r for r in task_rows if r["value"] is not None and r["train_samples_per_s"]]
+        for i in pareto_front([(r["train_samples_per_s"], r["value"]) for r in ok]):
+            ok[i]["pareto"] = True
+    return out
+
+
+def tasks(table: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["task"] for r in table))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both coordinates (higher is better in both)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(ox >= x and oy >= y and (ox > x or oy > y) for j, (ox, oy) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def speed_note(task_rows: list[dict[str, Any]]) -> str:
+    """Whether any sparse kernel ran for the task; if none did, say the speed columns are not a speed-up."""
+    sparse = [r for r in task_rows if r["status"] == "ok" and r["pattern"] not in (None, "dense")]
+    if not sparse:
+        return "No sparse run finished, so there is no speed comparison."
+    lengths = sorted({r["eval_length"] for r in sparse if r["eval_length"]})
+    at = f" at {'/'.join(str(n) for n in lengths)} tokens" if lengths else ""
+    fast = [r for r in sparse if set(r["backends_set"]) - DENSE_COST_BACKENDS]
+    if not fast:
+        return (f"**No sparse kernel ran{at}**: every sparse run used masked_sdpa (dense attention plus a mask), "
+                "so speed differences are mask overhead and noise, not a sparsity speed-up (speed-ups in parentheses).")
+    slow = [r["run"] for r in sparse if r not in fast]
+    kernels = sorted({b for r in fast for b in r["backends_set"]} - DENSE_COST_BACKENDS)
+    note = f"A sparse kernel ({', '.join(kernels)}) ran{at} in {len(fast)} of {len(sparse)} sparse runs"
+    if slow:
+        note += (f"; {', '.join(slow)} used masked_sdpa only (their speed-ups, in parentheses, are overhead and "
+                 "noise)")
+    return note + ". Differences under ~10% are within run-to-run noise on a shared CPU."
+
+
+def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
+    """Per swept entry: the densest setting whose metric falls more than the fraction ``tolerance`` below
+    dense (``value < dense * (1 - tolerance)``)."""
+    dense = next((r for r in task_rows if r["status"] == "ok" and r["pattern"] == "dense"), None)
+    if dense is None or dense["value"] is None:
+        return []
+    lines = []
+    for entry in dict.fromkeys(r["entry"] for r in task_rows if r["sweep"]):
+        points = sorted((r for r in task_rows if r["entry"] == entry and r["value"] is not None
+                         and r["token_density"] is not None), key=lambda r: -r["token_density"])
+        if len(points) < 2:
+            continue
+        bad = [r for r in points if r["value"] < dense["value"] * (1 - tolerance)]
+        if not bad:
+            lines.append(f"{entry}: every setting stays within {tolerance:.0%} of dense "
+                         f"(down to token density {points[-1]['token_density']:.3f})")
+        elif len(bad) == len(points):
+            lines.append(f"{entry}: every setting falls more than {tolerance:.0%} below dense, the densest too "
+                         f"({bad[0]['sweep']}, token density {bad[0]['token_density']:.3f}, {bad[0]['metric']} "
+                         f"{bad[0]['value']:.4f} vs dense {dense['value']:.4f})")
+        elif any(points.index(r) > points.index(bad[0]) for r in points if r not in bad):
+            fine = ", ".join(r["sweep"] for r in points[points.index(bad[0]):] if r not in bad)
+            lines.append(f"{entry}: no clear point: {', '.join(r['sweep'] for r in bad)} fall more than "
+                         f"{tolerance:.0%} below dense but the sparser {fine} do not (noise at this budget)")
+        else:
+            first = bad[0]
+            lines.append(f"{entry}: too sparse from {first['sweep']} (token density {first['token_density']:.3f}, "
+                         f"{first['metric']} {first['value']:.4f} vs dense {dense['value']:.4f})")
+    if dense.get("test_size") and dense["metric"] == "accuracy" and lines:
+        p, n = dense["value"], dense["test_size"]
+        lines.append(f"for scale: one standard error of the dense accuracy on {n} test examples is "
+                     f"±{(p * (1 - p) / n) ** 0.5:.3f}")
+    return lines
+
+
+# -- output forms ---------------------------------------------------------------------------------------------------
+
+MD_COLUMNS = [("run", "run"), ("status", "status"), ("value", "metric"), ("token_density", "token density"),
+              ("block_density", "block density"), ("train_samples_per_s", "train samples/s"),
+              ("eval_samples_per_s", "eval samples/s"), ("train_speedup", "train speed-up"),
+              ("eval_speedup", "eval speed-up"), ("peak_memory_mb", "peak MB"), ("backends", "backend"),
+              ("pareto", "Pareto")]
+
+
+def write_csv(table: list[dict[str, Any]], path: Path) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in table:
+            writer.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS})
+    return path
+
+
+def task_table(task_rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Header plus one row of cells per run (a failed run shows its error in the status cell)."""
+    metric = next((r["metric"] for r in task_rows if r["metric"]), "metric")
+    header = [metric if key == "value" else title for key, title in MD_COLUMNS]
+    if any(r["generation_tokens_per_s"] for r in task_rows):
+        header.insert(7, "generated tokens/s")
+    body = []
+    for r in task_rows:
+        cells = [_cell(key, r) for key, _ in MD_COLUMNS]
+        if len(header) > len(MD_COLUMNS):
+            cells.insert(7, _cell("generation_tokens_per_s", r))
+        body.append(cells)
+    return [header, *body]
+
+
+def markdown(table: list[dict[str, Any]], title: str, preamble: Iterable[str], tolerance: float,
+             plots: dict[str, list[str]]) -> str:
+    lines = [f"# {title}", "", *preamble, ""]
+    for task in tasks(table):
+        task_rows = [r for r in table if r["task"] == task]
+        cells = task_table(task_rows)
+        lines += [f"## {task}", "", speed_note(task_rows), ""]
+        lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells[1:]]
+        lines.append("")
+        sparse_limits = too_sparse(task_rows, tolerance)
+        if sparse_limits:
+            lines += [f"Where \"too sparse\" starts (metric more than {tolerance:.0%} below dense):", "", *[f"- {line}" for line in sparse_limits], ""]
+        for name in plots.get(task, []):
+            lines += [f"![{task}: {Path(name).stem}]({name})", ""]
+    return "\n".join(lines)
+
+
+def console(table: list[dict[str, Any]]) -> str:
+    """The tables as aligned plain text, one block per task, with the speed note."""
+    blocks = []
+    for task in tasks(table):
+        task_rows = [r for r in table if r["task"] == task]
+        cells = task_table(task_rows)
+        widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+        text = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+        blocks.append("\n".join([f"== {task}", speed_note(task_rows).replace("**", ""), *text]))
+    return "\n\n".join(blocks)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------------
+
+
+def _cell(key: str, r: dict[str, Any]) -> str:
+    value = r.get(key)
+    if key == "status":
+        if r["status"] != "ok":
+            return f"failed: {r['error']}"
+        return "ok (cached)" if r["skipped"] else "ok"
+    if key == "pareto":
+        return "*" if value else ""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key.endswith("speedup"):
+        no_kernel = r["pattern"] != "dense" and not set(r["backends_set"]) - DENSE_COST_BACKENDS
+        return f"({value:.2f}x)" if no_kernel else f"{value:.2f}x"
+    if key in ("token_density", "block_density", "value"):
+        return f"{value:.3f}" if key != "value" else f"{value:.4f}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _backends(sparse: dict[str, Any]) -> str | None:
+    counts = Counter(_collect(sparse, "backends"))
+    if not counts:
+        return "sdpa (dense)" if sparse.get("pattern") == "dense" else None
+    return ", ".join(name if len(counts) == 1 else f"{name} x{n}" for name, n in counts.most_common())
+
+
+def _collect(tree: Any, key: str) -> list[str]:
+    """Every backend name under any ``key`` mapping in ``tree`` (per-part sparse blocks nest them)."""
+    found: list[str] = []
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == key and isinstance(v, dict):
+                found += [str(b) for b in v.values() if isinstance(b, str)]
+            elif isinstance(v, dict):
+                found += _collect(v, key)
+    return found
+
+
+def _density(sparse: dict[str, Any], key: str) -> float | None:
+    """A density of the run; with per-part blocks (encoder/decoder) the mean over the parts that report one."""
+    if isinstance(sparse.get(key), (int, float)):
+        return float(sparse[key])
+    parts = [v[key] for v in sparse.values() if isinstance(v, dict) and isinstance(v.get(key), (int, float))]
+    return round(sum(parts) / len(parts), 4) if parts else None
+
+
+def _part_patterns(sparse: dict[str, Any]) -> str | None:
+    parts = [f"{k}: {v['pattern']}" for k, v in sparse.items() if isinstance(v, dict) and v.get("pattern")]
+    return "; ".join(parts) or None
+
