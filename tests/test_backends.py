@@ -98,3 +98,17 @@ def test_compiled_flex_raises_the_recompile_limit_only_inside_its_call():
     with flex._recompile_budget(False):
         assert torch_dynamo.config.recompile_limit == before
     assert torch_dynamo.config.recompile_limit == before
+
+
+@pytest.mark.parametrize("length, expected", [(256, "masked_sdpa"), (1024, "blocksparse")])
+def test_auto_keeps_short_inputs_on_masked_sdpa(length, expected):
+    """Block gathering costs more than it saves below BLOCKSPARSE_MIN_LENGTH keys (measured), even when sparse."""
+    from hf_sparse.kernels import AttentionCall, choose_backend
+    from hf_sparse.kernels.dispatch import BLOCKSPARSE_MIN_LENGTH
+    from hf_sparse.patterns import MaskContext, make_pattern
+
+    assert 256 < BLOCKSPARSE_MIN_LENGTH <= 1024
+    q = torch.zeros(1, 2, length, 16)
+    call = AttentionCall(q, q, q, make_pattern("sliding_window", window=length // 16), MaskContext.for_length(length),
+                         block_size=32)
+    assert choose_backend(call, "auto") == expected

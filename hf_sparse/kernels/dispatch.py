@@ -62,7 +62,8 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
         choice = chooser(call)
         if choice is not None:
             return choice
-    return "masked_sdpa", "the sequence is too short or the pattern too dense for gathering blocks to pay"
+    return "masked_sdpa", (f"the sequence is too short (< {BLOCKSPARSE_MIN_LENGTH} keys) or the pattern too dense "
+                           f"(> {BLOCKSPARSE_MAX_FRACTION:.0%} of tiles) for gathering blocks to pay")
 
 
 #: Gathering blocks pays once at most this fraction of the attention tiles is computed. Measured on a 2-core CPU
@@ -70,8 +71,16 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
 BLOCKSPARSE_MAX_FRACTION = 0.6
 
 
+#: Below this many keys the gathers and small tiles cost more than they save. Measured on a 2-core CPU:
+#: 0.78-0.94x the dense SDPA time at 512 tokens (sliding_window, 64-token tiles), but 0.45-0.61x the dense
+#: training throughput for a ViT at 197 tokens with 16-token tiles (results/study-default, before this rule).
+BLOCKSPARSE_MIN_LENGTH = 512
+
+
 def _sparse_enough(call: AttentionCall) -> str | None:
     """A description of the saving if block-sparse computation pays for ``call``, else ``None``."""
+    if call.ctx.kv_len < BLOCKSPARSE_MIN_LENGTH:
+        return None
     fraction = plan_for(call).computed_fraction
     if fraction <= BLOCKSPARSE_MAX_FRACTION:
         return f"it computes {fraction:.0%} of the key blocks"
