@@ -96,6 +96,21 @@ class TrainConfig:
     num_threads: int | None = None
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file", context: str = "") -> dict[str, Any]:
+    """The mapping in the YAML file ``path``; a one-line :class:`ConfigError` when the file is missing, is not
+    valid YAML or holds something else (``what`` names the file and ``context`` is appended to that error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist{context}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 @dataclass
 class RunConfig:
     """One fine-tuning run; results go to ``<output_dir>/<run_name>/``."""
@@ -157,16 +172,7 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         """Read the YAML file ``path`` and apply ``overrides`` (``["--train.epochs", "1", ...]``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-        return cls.from_dict(apply_overrides(data, overrides or []))
+        return cls.from_dict(apply_overrides(read_yaml_mapping(path), overrides or []))
 
 
 #: Parts a seq2seq ``sparse`` section may name (``sparse: {encoder: {...}, decoder: {...}}``).

@@ -158,11 +158,12 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     # [B, H, nk, bs, D] views (no copy unless the length is padded)
     k_blocks = _pad_rows(key, nk * bs).view(batch, heads, nk, bs, dim)
     v_blocks = _pad_rows(value, nk * bs).view(batch, heads, nk, bs, dim_v)
-    if cpu_flash.available(query, call.dropout_p, dim_v, additive_bias(call)):
+    bias_needs_grad = any(t is not None and t.requires_grad for t in (call.attention_mask, call.position_bias))
+    if cpu_flash.available(query, call.dropout_p, dim_v, bias_needs_grad):
         works = [cpu_flash.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
                                      *_group_mask(call, plan, group, batch, heads, additive=True))
                  for group in plan.groups]
-        out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs)
+        out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
         return out[:, :q_len].transpose(1, 2), None  # [B, Lq, H, D] storage: the model's transpose is free
     q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)
     k_flat, v_flat = k_blocks.reshape(n * nk, bs, dim), v_blocks.reshape(n * nk, bs, dim_v)

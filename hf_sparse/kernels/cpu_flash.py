@@ -28,12 +28,12 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 CHUNK_BYTES = 16 << 20
 
 
-def available(query: torch.Tensor, dropout_p: float, dim_v: int, bias: torch.Tensor | None = None) -> bool:
+def available(query: torch.Tensor, dropout_p: float, dim_v: int, bias_needs_grad: bool = False) -> bool:
     """Whether the fused path applies: CPU, no dropout, supported dtype, equal q/v head dims, and no additive
-    bias that needs a gradient (e.g. T5's learned position bias while training)."""
+    bias that needs a gradient (e.g. T5's learned position bias while training: this function returns none)."""
     return (
         _OPS is not None and _BACKWARD is not None and query.device.type == "cpu" and dropout_p == 0.0
-        and query.dtype in _DTYPES and query.shape[-1] == dim_v and (bias is None or not bias.requires_grad)
+        and query.dtype in _DTYPES and query.shape[-1] == dim_v and not bias_needs_grad
     )
 
 
@@ -109,15 +109,14 @@ class GatheredFlashAttention(torch.autograd.Function):
 
     Inputs: ``query [B, H, Lq, D]`` and ``k_blocks / v_blocks [B, H, nk, bs, D]`` as the model passed them
     (any strides; saved without a copy), ``works`` (one :class:`GroupWork` per group, covering every query
-    block once), ``scale``, ``block_size``. Returns ``[B, nq*bs, H, D]`` contiguous (rows past ``Lq`` are
+    block once), ``scale``, ``block_size``, ``nq`` (query blocks). Returns ``[B, nq*bs, H, D]`` contiguous (rows past ``Lq`` are
     padding); the log-sum-exp is kept as ``[B*H, nq, bs]``. Work is done in chunks of query-block rows.
     """
 
     @staticmethod
-    def forward(ctx, query, k_blocks, v_blocks, works, scale, bs):
-        batch, heads, _, dim = query.shape
-        n, nk = batch * heads, k_blocks.shape[2]
-        nq = max(int(w.rows.max()) + 1 for w in works)
+    def forward(ctx, query, k_blocks, v_blocks, works, scale, bs, nq):
+        batch, heads = query.shape[:2]
+        n = batch * heads
         out = query.new_zeros(batch, nq * bs, heads, v_blocks.shape[-1])
         out_blocks = _blocks_view(out, heads, bs)
         lse = None
@@ -135,7 +134,7 @@ class GatheredFlashAttention(torch.autograd.Function):
                     lse = l_part.new_zeros(n, nq, bs)
                 lse[:, span] = l_part
         ctx.save_for_backward(query, k_blocks, v_blocks, out, lse)
-        ctx.works, ctx.scale, ctx.bs, ctx.nk = works, scale, bs, nk
+        ctx.works, ctx.scale, ctx.bs = works, scale, bs
         return out
 
     @staticmethod
@@ -170,4 +169,4 @@ class GatheredFlashAttention(torch.autograd.Function):
                 flat = by_row[:, part].reshape(-1)
                 flat_k.index_add_(0, flat, grad_k.reshape(-1, *k_blocks.shape[3:]))
                 flat_v.index_add_(0, flat, grad_v.reshape(-1, *v_blocks.shape[3:]))
-        return grad_q[:, :, :length], grad_k_blocks, grad_v_blocks, None, None, None
+        return grad_q[:, :, :length], grad_k_blocks, grad_v_blocks, None, None, None, None

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from ..finetune.config import ConfigError, apply_overrides
+from ..finetune.config import ConfigError, apply_overrides, read_yaml_mapping
 
 LAUNCHERS = ("accelerate", "python")
 
@@ -123,13 +123,7 @@ class StudyConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
         """Read the study YAML ``path`` and apply ``--a.b value`` ``overrides``."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"study config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        data = read_yaml_mapping(path, "study config file")
         return cls.from_dict(apply_overrides(_normalize(data), overrides or []))
 
 
@@ -177,13 +171,7 @@ def resolve(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:
     from ..finetune.config import RunConfig
 
     path = Path(run.config)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist (entry {run.entry!r})")
-    try:
-        base = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    data = _merge(base, run.overrides)
+    data = _merge(read_yaml_mapping(path, context=f" (entry {run.entry!r})"), run.overrides)
     data.update(run_name=run.name, output_dir=str(study.root / "runs"))
     if data.get("task", run.task) != run.task:
         raise ConfigError(f"entry {run.entry!r} says task {run.task!r} but {path} is task {data.get('task')!r}")
