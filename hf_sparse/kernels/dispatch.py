@@ -71,9 +71,10 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
 BLOCKSPARSE_MAX_FRACTION = 0.6
 
 
-#: Below this many keys the gathers and small tiles cost more than they save. Measured on a 2-core CPU:
-#: 0.78-0.94x the dense SDPA time at 512 tokens (sliding_window, 64-token tiles), but 0.45-0.61x the dense
-#: training throughput for a ViT at 197 tokens with 16-token tiles (results/study-default, before this rule).
+#: Below this many keys the gathers and small tiles cost more than they save. Measured on a 2-core CPU
+#: (sliding_window at 12% density, 64-token tiles, results/bench_kernels/short_512): at 512 tokens fwd+bwd
+#: 0.74-0.78x the dense SDPA time, forward alone 0.94-1.35x (break-even, tiny times, two runs); training a
+#: ViT at 197 tokens with 16-token tiles ran at 0.45-0.61x the dense throughput (the study, before this rule).
 BLOCKSPARSE_MIN_LENGTH = 512
 
 
