@@ -7,7 +7,14 @@ import os
 import pytest
 import torch
 
-from hf_sparse.finetune.models import minilm_path  # noqa: F401  (re-exported for the tests)
+
+def minilm_path() -> str:
+    """The offline MiniLM BERT folder (imported lazily: the fine-tuning stack needs ``datasets``, which the
+    GPU machine's image lacks, and only the MiniLM tests need it)."""
+    from hf_sparse.finetune.models import minilm_path as path
+
+    return path()
+
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -62,42 +62,53 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
         choice = chooser(call)
         if choice is not None:
             return choice
-    return "masked_sdpa", (f"the sequence is too short (< {BLOCKSPARSE_MIN_LENGTH} keys) or the pattern too dense "
-                           f"(> {BLOCKSPARSE_MAX_FRACTION:.0%} of tiles) for gathering blocks to pay")
+    device = call.query.device.type
+    needs = ", ".join(f"{backend} from {keys} keys" for (backend, dev), keys in MIN_KEYS.items() if dev == device)
+    return "masked_sdpa", (f"no sparse kernel pays here ({device}: {needs or 'none measured'}, at most "
+                           f"{MAX_TILE_FRACTION:.0%} of tiles; this call has {call.ctx.kv_len} keys)")
 
 
-#: Gathering blocks pays once at most this fraction of the attention tiles is computed. Measured on a 2-core CPU
-#: (results/bench_kernels): 0.63-0.92x dense SDPA at 44-56% of tiles, 1.3-1.7x at 100%.
-BLOCKSPARSE_MAX_FRACTION = 0.6
+#: Sparse kernels pay once at most this fraction of the attention tiles is computed. Measured on a 2-core CPU
+#: (results/bench_kernels): blocksparse at 0.63-0.92x dense SDPA with 44-56% of tiles, 1.3-1.7x at 100%; on an
+#: H200 (results/bench_kernels/h200) flex beats the masked SDPA fallback at 51% of tiles (1.19-1.28x vs 1.9-2.0x).
+MAX_TILE_FRACTION = 0.6
+
+#: The fewest keys at which a sparse kernel beats the exact fallback (dense SDPA with the pattern as a mask),
+#: per (backend, device type); devices not listed fall back to masked SDPA. Measured:
+#: - blocksparse, CPU (2 cores, fp32, sliding_window at 12%, 64-token tiles, results/bench_kernels/short_512):
+#:   at 512 tokens fwd+bwd 0.74-0.78x the dense SDPA time, forward alone 0.94-1.35x (break-even); training a
+#:   ViT at 197 tokens with 16-token tiles ran at 0.45-0.61x the dense throughput.
+#: - flex, CUDA (H200, bf16, batch 1, 12 heads, results/bench_kernels/h200): at 4,096 keys flex took 1.7-3.8x
+#:   the dense time against masked SDPA's 1.4-1.7x; from 8,192 keys it beat masked SDPA on every pattern
+#:   (sliding_window 0.71x / 0.82x fwd / fwd+bwd vs 2.07x / 1.80x; 0.23-0.38x at 16-32k).
+#: - blocksparse, CUDA (the same runs; used when flex can't serve, e.g. attention dropout): at 4,096 keys
+#:   1.9-3.9x dense vs masked SDPA's 1.4-1.7x; at 16,384 0.69-1.11x vs 1.9-2.3x (8,192 not measured).
+MIN_KEYS: dict[tuple[str, str], int] = {("blocksparse", "cpu"): 512, ("flex", "cuda"): 8192,
+                                        ("blocksparse", "cuda"): 16384}
+BLOCKSPARSE_MIN_LENGTH = MIN_KEYS["blocksparse", "cpu"]
 
 
-#: Below this many keys the gathers and small tiles cost more than they save. Measured on a 2-core CPU
-#: (sliding_window at 12% density, 64-token tiles, results/bench_kernels/short_512): at 512 tokens fwd+bwd
-#: 0.74-0.78x the dense SDPA time, forward alone 0.94-1.35x (break-even, tiny times, two runs); training a
-#: ViT at 197 tokens with 16-token tiles ran at 0.45-0.61x the dense throughput (the study, before this rule).
-BLOCKSPARSE_MIN_LENGTH = 512
-
-
-def _sparse_enough(call: AttentionCall) -> str | None:
-    """A description of the saving if block-sparse computation pays for ``call``, else ``None``."""
-    if call.ctx.kv_len < BLOCKSPARSE_MIN_LENGTH:
+def _pays(backend: str, call: AttentionCall) -> str | None:
+    """Why ``backend`` beats the masked fallback for ``call`` on its device (see :data:`MIN_KEYS`), else ``None``."""
+    min_keys = MIN_KEYS.get((backend, call.query.device.type))
+    if min_keys is None or call.ctx.kv_len < min_keys:
         return None
     fraction = plan_for(call).computed_fraction
-    if fraction <= BLOCKSPARSE_MAX_FRACTION:
-        return f"it computes {fraction:.0%} of the key blocks"
+    if fraction <= MAX_TILE_FRACTION:
+        return f"{call.ctx.kv_len} keys on {call.query.device.type}, {fraction:.0%} of the key blocks computed"
     return None
 
 
 def _flex_rule(call: AttentionCall) -> tuple[str, str] | None:
-    """On CUDA, FlexAttention (Triton) is the maintained fast path where it applies."""
-    if call.query.device.type != "cuda" or flex_unsupported(call) is not None:
+    """FlexAttention (Triton) is the fast path where it applies and pays (CUDA)."""
+    if flex_unsupported(call) is not None:
         return None
-    saving = _sparse_enough(call)
-    return ("flex", f"CUDA, {saving}") if saving else None
+    saving = _pays("flex", call)
+    return ("flex", saving) if saving else None
 
 
 def _blocksparse_rule(call: AttentionCall) -> tuple[str, str] | None:
-    saving = _sparse_enough(call)
+    saving = _pays("blocksparse", call)
     return ("blocksparse", saving) if saving else None
 
 
