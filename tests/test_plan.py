@@ -44,3 +44,26 @@ def test_bigbird_global_rows_get_their_own_group():
     assert widest.slots == 64 and widest.rows.tolist() == [0, 1]
     # padding rows to their group's width costs little: computed tiles within 10% of the active ones
     assert plan.computed_fraction <= 1.1 * layout.block_density
+
+
+def test_sliding_window_interior_rows_form_one_band_that_shares_its_tile_mask():
+    pattern = make_pattern("sliding_window", window=100)
+    ctx = MaskContext.for_length(1000)
+    plan = static_plan(pattern, ctx, 64, "cpu")
+    bands = [g for g in plan.groups if g.band is not None]
+    assert len(bands) == 1
+    band = bands[0]
+    rows, width = band.rows, band.slots
+    assert rows.numel() >= 8 and torch.equal(rows, torch.arange(int(rows[0]), int(rows[-1]) + 1))
+    expected = band.band + torch.arange(rows.numel())[:, None] + torch.arange(width)[None, :]
+    assert torch.equal(band.indices, expected), "row i reads blocks band + i .. band + i + K - 1"
+    assert band.tile_mask.stride(0) == 0, "one tile mask, expanded over the band's rows"
+    assert band.additive_tile_mask(torch.float32).stride(0) == 0
+    # the last block is partial (1000 = 15 * 64 + 40): it must not be in a band
+    assert all((int(g.rows[-1]) + 1) * 64 <= 1000 for g in bands)
+
+
+def test_patterns_with_global_or_random_blocks_have_no_band_where_rows_differ():
+    ctx = MaskContext.for_length(1024)
+    plan = static_plan(make_pattern("bigbird", block_size=64), ctx, 64, "cpu")
+    assert all(g.band is None for g in plan.groups), "random blocks: rows don't read consecutive windows"

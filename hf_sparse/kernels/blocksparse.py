@@ -160,8 +160,10 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     v_blocks = _pad_rows(value, nk * bs).view(batch, heads, nk, bs, dim_v)
     bias_needs_grad = any(t is not None and t.requires_grad for t in (call.attention_mask, call.position_bias))
     if cpu_flash.available(query, call.dropout_p, dim_v, bias_needs_grad):
+        unit_stride = query.stride(-1) == k_blocks.stride(-1) == v_blocks.stride(-1) == 1  # bands read views
         works = [cpu_flash.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
-                                     *_group_mask(call, plan, group, batch, heads, additive=True))
+                                     *_group_mask(call, plan, group, batch, heads, additive=True),
+                                     band=group.band if unit_stride else None)
                  for group in plan.groups]
         out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
         return out[:, :q_len].transpose(1, 2), None  # [B, Lq, H, D] storage: the model's transpose is free

@@ -7,6 +7,9 @@ function here saves only what dense SDPA saves: the queries, keys and values as 
 calls PyTorch's fused CPU flash-attention kernels directly. The output is written straight into a
 ``[B, L, H, D]`` tensor, the layout the model's output projection reads, so the model's
 ``transpose(1, 2).contiguous()`` is free and the projection saves the same tensor instead of a copy.
+Rows of a *band* (sliding windows: consecutive rows reading consecutive key blocks, one tile mask for all) read
+their keys and values as overlapping strided views of the model's tensors instead of gathered copies, with
+the one tile mask broadcast over the rows, so inference on them allocates nothing beyond the output.
 Those operators are private (``aten::_scaled_dot_product_flash_attention_for_cpu`` and its backward), so
 :func:`available` guards them: without them (or with dropout, a bias that needs a gradient, or off CPU)
 the kernel takes the plain autograd path.
@@ -46,12 +49,15 @@ class GroupWork:
         index: ``[B*H*nr*K]`` flat key-block ids ``(b * H + h) * nk + block``, row-major over ``[B*H, nr, K]``.
         mask: additive ``[1 or B*H, nr, bs, K*bs]`` mask in the query dtype, or ``None``.
         empty: ``[1 or B*H, nr, bs, 1]`` bool, rows whose output is zero, or ``None``.
+        band: the group's first key block if it is a band (:attr:`~hf_sparse.kernels.plan.PlanGroup.band`):
+            its keys and values are read as overlapping strided views, without gathering.
     """
 
     rows: torch.Tensor
     index: torch.Tensor
     mask: torch.Tensor | None
     empty: torch.Tensor | None
+    band: int | None = None
 
     def chunks(self, n: int, block_bytes: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """``(positions in the group, their query-block ids)`` of row ranges whose gathered keys and values
@@ -104,6 +110,32 @@ def _blocks_view(x: torch.Tensor, heads: int, bs: int) -> torch.Tensor:
     return x.view(batch, length // bs, bs, heads, dim).permute(0, 3, 1, 2, 4)
 
 
+def _band_view(x: torch.Tensor, b: int, first: int, rows: int, blocks: int, bs: int) -> torch.Tensor:
+    """Rows ``i < rows`` of a band, each reading blocks ``first + i .. first + i + blocks - 1`` of batch ``b`` of
+    ``x [B, H, L, D]`` (token stride ``x.stride(2)``): an overlapping ``[rows, H, blocks*bs, D]`` view, no copy."""
+    s_batch, s_head, s_token, _ = x.stride()
+    return x.as_strided((rows, x.shape[1], blocks * bs, x.shape[3]), (bs * s_token, s_head, s_token, 1),
+                        x.storage_offset() + b * s_batch + first * bs * s_token)
+
+
+def _band_parts(work: GroupWork, batch: int, heads: int, block_bytes: int, backward: bool):
+    """``(b, positions, first key block)`` pieces of a band; backward pieces keep the key/value gradients
+    (``K`` blocks per row) under :data:`CHUNK_BYTES`."""
+    nr, width = work.rows.numel(), work.index.numel() // (batch * heads * work.rows.numel())
+    step = max(1, min(nr, CHUNK_BYTES // (2 * width * heads * block_bytes))) if backward else nr
+    for b in range(batch):
+        for start in range(0, nr, step):
+            yield b, slice(start, min(start + step, nr)), work.band + start
+
+
+def _per_batch(x: torch.Tensor | None, b: int, heads: int, part: slice) -> torch.Tensor | None:
+    """A ``[1 or B*H, nr, ...]`` mask/flag as the band kernel's ``[rows, 1 or H, ...]`` (a view)."""
+    if x is None:
+        return None
+    x = x if x.shape[0] == 1 else x[b * heads:(b + 1) * heads]
+    return x[:, part].transpose(0, 1)
+
+
 class GatheredFlashAttention(torch.autograd.Function):
     """Block-sparse flash attention over all plan groups, with re-gathering in backward.
 
@@ -122,6 +154,9 @@ class GatheredFlashAttention(torch.autograd.Function):
         lse = None
         block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
         for work in works:
+            if work.band is not None:
+                lse = _band_forward(query, k_blocks, v_blocks, work, scale, bs, out, lse, nq, block_bytes)
+                continue
             for part, ids in work.chunks(n, block_bytes):
                 k, v = _gather(k_blocks, work, part, n), _gather(v_blocks, work, part, n)
                 o, l_part = _OPS(_rows(query, ids, bs), k, v, 0.0, False, attn_mask=work.part(work.mask, part),
@@ -154,6 +189,10 @@ class GatheredFlashAttention(torch.autograd.Function):
         flat_k, flat_v = grad_k_blocks.view(-1, *k_blocks.shape[3:]), grad_v_blocks.view(-1, *v_blocks.shape[3:])
         block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
         for work in works:
+            if work.band is not None:
+                _band_backward(ctx, query, k_blocks, v_blocks, work, grad_out, out, lse, grad_q, grad_k_blocks,
+                               grad_v_blocks, block_bytes)
+                continue
             by_row = work.index.view(n, work.rows.numel(), -1)
             for part, ids in work.chunks(n, block_bytes):
                 k, v = _gather(k_blocks, work, part, n), _gather(v_blocks, work, part, n)
@@ -170,3 +209,58 @@ class GatheredFlashAttention(torch.autograd.Function):
                 flat_k.index_add_(0, flat, grad_k.reshape(-1, *k_blocks.shape[3:]))
                 flat_v.index_add_(0, flat, grad_v.reshape(-1, *v_blocks.shape[3:]))
         return grad_q[:, :, :length], grad_k_blocks, grad_v_blocks, None, None, None, None
+
+
+def _band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse, nq: int, block_bytes: int):
+    """Forward of a band group into ``out [B, nq*bs, H, D]`` and ``lse [B*H, nq, bs]`` (created if ``None``)."""
+    batch, heads = query.shape[:2]
+    keys, values = _flat_blocks(k_blocks), _flat_blocks(v_blocks)
+    width = work.index.numel() // (batch * heads * work.rows.numel())
+    for b, part, first in _band_parts(work, batch, heads, block_bytes, backward=False):
+        rows, row0 = part.stop - part.start, int(work.rows[part.start])
+        o, l_part = _OPS(_band_view(query, b, row0, rows, 1, bs), _band_view(keys, b, first, rows, width, bs),
+                         _band_view(values, b, first, rows, width, bs), 0.0, False,
+                         attn_mask=_per_batch(work.mask, b, heads, part), scale=scale)
+        empty = _per_batch(work.empty, b, heads, part)
+        if empty is not None:
+            o = o.masked_fill(empty, 0.0)
+        out[b, row0 * bs:(row0 + rows) * bs].view(rows, bs, heads, -1).copy_(o.transpose(1, 2))
+        if lse is None:
+            lse = l_part.new_zeros(batch * heads, nq, bs)
+        lse[b * heads:(b + 1) * heads, row0:row0 + rows] = l_part.transpose(0, 1)
+    return lse
+
+
+def _band_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, out, lse, grad_q, grad_k_blocks,
+                   grad_v_blocks, block_bytes: int) -> None:
+    """Backward of a band group: query gradients into ``grad_q [B, H, L', D]``; key/value gradients of slot
+    ``s`` of rows ``i`` land on the consecutive blocks ``first + s + i`` (one strided add per slot)."""
+    batch, heads = query.shape[:2]
+    bs = ctx.bs
+    keys, values = _flat_blocks(k_blocks), _flat_blocks(v_blocks)
+    width = work.index.numel() // (batch * heads * work.rows.numel())
+    for b, part, first in _band_parts(work, batch, heads, block_bytes, backward=True):
+        rows, row0 = part.stop - part.start, int(work.rows[part.start])
+        tokens = slice(row0 * bs, (row0 + rows) * bs)
+        g = grad_out[b, tokens].view(rows, bs, heads, -1).transpose(1, 2)
+        empty = _per_batch(work.empty, b, heads, part)
+        if empty is not None:
+            g = g.masked_fill(empty, 0.0)
+        grad_q_part, grad_k, grad_v = _BACKWARD(
+            g, _band_view(query, b, row0, rows, 1, bs), _band_view(keys, b, first, rows, width, bs),
+            _band_view(values, b, first, rows, width, bs), out[b, tokens].view(rows, bs, heads, -1).transpose(1, 2),
+            lse[b * heads:(b + 1) * heads, row0:row0 + rows].transpose(0, 1), 0.0, False,
+            attn_mask=_per_batch(work.mask, b, heads, part), scale=ctx.scale,
+        )
+        grad_q[b, :, tokens] = grad_q_part.transpose(0, 1).reshape(heads, rows * bs, -1)
+        for grads, target in ((grad_k, grad_k_blocks), (grad_v, grad_v_blocks)):
+            per_slot = grads.unflatten(2, (width, bs))                       # [rows, H, K, bs, D]
+            for slot in range(width):
+                target[b, :, first + slot:first + slot + rows] += per_slot[:, :, slot].transpose(0, 1)
+
+
+def _flat_blocks(blocks: torch.Tensor) -> torch.Tensor:
+    """``[B, H, nk, bs, D]`` block view -> the ``[B, H, nk*bs, D]`` view it came from (no copy)."""
+    batch, heads, nk, bs, dim = blocks.shape
+    return blocks.as_strided((batch, heads, nk * bs, dim), (blocks.stride(0), blocks.stride(1), blocks.stride(3),
+                                                            blocks.stride(4)), blocks.storage_offset())

@@ -31,12 +31,18 @@ class PlanGroup:
             their whole tile instead, so fused kernels never see an empty row.
         empty_rows: ``[*P, nr, bs, 1]`` bool marking in-range rows the pattern leaves empty (their output
             must be zeroed), or ``None`` if there are none.
+        band: for a *band* (consecutive rows ``r`` that each read the consecutive key blocks
+            ``band + i .. band + i + K - 1``, ``i = r - rows[0]``, all inside the sequences, with one tile mask
+            for every row): the first row's first key block, else ``None``. A band's keys are overlapping
+            windows of the key tensor, so kernels can read them as strided views instead of gathering, and its
+            ``tile_mask`` is one row's mask expanded (stride 0) over the rows.
     """
 
     rows: torch.Tensor
     indices: torch.Tensor
     tile_mask: torch.Tensor | None
     empty_rows: torch.Tensor | None
+    band: int | None = None
     _additive: dict = field(default_factory=dict, compare=False, repr=False)
 
     def additive_tile_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
@@ -45,8 +51,9 @@ class PlanGroup:
         if self.tile_mask is None:
             return None
         if dtype not in self._additive:
-            self._additive[dtype] = torch.zeros(self.tile_mask.shape, dtype=dtype, device=self.tile_mask.device
-                                                ).masked_fill_(~self.tile_mask, float("-inf"))
+            allowed = self.tile_mask[:1] if self.band is not None else self.tile_mask
+            additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            self._additive[dtype] = additive.masked_fill_(~allowed, float("-inf")).expand(self.tile_mask.shape)
         return self._additive[dtype]
 
     @property
@@ -129,6 +136,51 @@ def _group(active: torch.Tensor, rows: torch.Tensor, mod: MaskMod, ctx: MaskCont
     return PlanGroup(rows, indices, None if bool(tile_mask.all()) else tile_mask, empty if bool(empty.any()) else None)
 
 
+def _band_runs(group: PlanGroup, ctx: MaskContext, bs: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` positions of the group's maximal bands (see :attr:`PlanGroup.band`), at least
+    :data:`MIN_BAND_ROWS` rows each."""
+    idx, rows = group.indices, group.rows
+    if idx.dim() != 2 or group.empty_rows is not None or rows.numel() < MIN_BAND_ROWS:
+        return []
+    width = idx.shape[1]
+    ok = ((idx - idx[:, :1]) == torch.arange(width, device=idx.device)).all(1)  # consecutive key blocks
+    ok &= ((rows + 1) * bs <= ctx.q_len) & ((idx[:, -1] + 1) * bs <= ctx.kv_len)  # whole tiles inside
+    follows = (rows[1:] == rows[:-1] + 1) & (idx[1:, 0] == idx[:-1, 0] + 1) & ok[1:] & ok[:-1]
+    if group.tile_mask is not None:
+        follows &= (group.tile_mask[1:] == group.tile_mask[:-1]).flatten(1).all(1)
+    runs, start = [], None
+    for i, linked in enumerate([*follows.tolist(), False]):
+        if linked and start is None:
+            start = i
+        elif not linked and start is not None:
+            if i + 1 - start >= MIN_BAND_ROWS:
+                runs.append((start, i + 1))
+            start = None
+    return runs
+
+
+def _split_bands(group: PlanGroup, ctx: MaskContext, bs: int) -> list[PlanGroup]:
+    """``group`` as its bands plus one group of the remaining rows (or unchanged when it has no band)."""
+    runs = _band_runs(group, ctx, bs)
+    if not runs:
+        return [group]
+    parts, rest = [], torch.ones(group.rows.numel(), dtype=torch.bool, device=group.rows.device)
+    for start, stop in runs:
+        rest[start:stop] = False
+        mask = None if group.tile_mask is None else group.tile_mask[start:start + 1].clone()  # not a view: the
+        mask = None if mask is None or bool(mask.all()) else mask.expand(stop - start, -1, -1)  # group's is freed
+        parts.append(PlanGroup(group.rows[start:stop], group.indices[start:stop], mask, None,
+                               band=int(group.indices[start, 0])))
+    if rest.any():
+        mask = None if group.tile_mask is None else group.tile_mask[rest]
+        parts.append(PlanGroup(group.rows[rest], group.indices[rest], mask, None))
+    return parts
+
+
+#: Bands shorter than this stay with the gathered rows (a separate kernel call would cost more than it saves).
+MIN_BAND_ROWS = 4
+
+
 def _row_groups(counts: torch.Tensor, widen: float = 2.0) -> list[torch.Tensor]:
     """Query-block rows grouped by how many key blocks they read: a group's widest row reads at most
     ``widen`` times its narrowest (so padding to the widest wastes at most that factor)."""
@@ -147,7 +199,7 @@ def _plan(layout: BlockLayout, mod: MaskMod, ctx: MaskContext, bs: int) -> Block
     all_rows = torch.arange(n_q, device=layout.active.device)
     # Per-head (dynamic) layouts stay one group: their rows differ between heads.
     row_sets = _row_groups(layout.active.sum(-1)) if layout.active.dim() == 2 else [all_rows]
-    groups = tuple(_group(layout.active, rows, mod, ctx, bs) for rows in row_sets)
+    groups = tuple(part for rows in row_sets for part in _split_bands(_group(layout.active, rows, mod, ctx, bs), ctx, bs))
     concatenated = torch.cat([g.rows for g in groups])
     order = None if torch.equal(concatenated, all_rows) else torch.argsort(concatenated)
     return BlockSparsePlan(bs, n_q, n_kv, groups, order)
