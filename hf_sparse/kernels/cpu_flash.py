@@ -6,7 +6,8 @@ function here saves only what dense SDPA saves: the queries, keys and values as 
 (views, no copies), the output and the log-sum-exp. It re-gathers blocks in backward (a cheap copy) and
 calls PyTorch's fused CPU flash-attention kernels directly. The output is written straight into a
 ``[B, L, H, D]`` tensor, the layout the model's output projection reads, so the model's
-``transpose(1, 2).contiguous()`` is free and the projection saves the same tensor instead of a copy.
+``transpose(1, 2).contiguous()`` is free and the projection saves the same tensor instead of a copy; the
+gradients of the queries, keys and values are likewise made in the layout the model's projections passed.
 Rows of a *band* (sliding windows: consecutive rows reading consecutive key blocks, one tile mask for all) read
 their keys and values as overlapping strided views of the model's tensors instead of gathered copies, with
 the one tile mask broadcast over the rows, so inference on them allocates nothing beyond the output.
@@ -181,12 +182,10 @@ class GatheredFlashAttention(torch.autograd.Function):
         n = batch * heads
         grad_blocks = _blocks_view(grad_out, heads, bs)
         out_blocks = _blocks_view(out, heads, bs)
-        grad_q = torch.zeros(batch, heads, out.shape[1], dim, dtype=query.dtype, device=query.device)
-        grad_q_blocks = grad_q.view(batch, heads, -1, bs, dim)
-        # fresh contiguous [B, H, nk, bs, D] gradients: the flat block ids index their first three dims
-        grad_k_blocks = torch.zeros(k_blocks.shape, dtype=k_blocks.dtype, device=k_blocks.device)
-        grad_v_blocks = torch.zeros(v_blocks.shape, dtype=v_blocks.dtype, device=v_blocks.device)
-        flat_k, flat_v = grad_k_blocks.view(-1, *k_blocks.shape[3:]), grad_v_blocks.view(-1, *v_blocks.shape[3:])
+        # gradients in the inputs' memory layout (the model's [B, L, H, D]): its transposes back are free views
+        grad_q = _zeros_in_layout(query, out.shape[1])
+        grad_q_blocks = grad_q.unflatten(2, (-1, bs))
+        grad_k_blocks, grad_v_blocks = torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
         block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
         for work in works:
             if work.band is not None:
@@ -205,10 +204,28 @@ class GatheredFlashAttention(torch.autograd.Function):
                     lse[:, span], 0.0, False, attn_mask=work.part(work.mask, part), scale=ctx.scale,
                 )
                 grad_q_blocks[:, :, span] = grad_q_part.view(batch, heads, *grad_q_part.shape[1:])
-                flat = by_row[:, part].reshape(-1)
-                flat_k.index_add_(0, flat, grad_k.reshape(-1, *k_blocks.shape[3:]))
-                flat_v.index_add_(0, flat, grad_v.reshape(-1, *v_blocks.shape[3:]))
+                blocks = by_row[:, part].reshape(n, -1) % k_blocks.shape[2]
+                _add_blocks(grad_k_blocks, blocks, grad_k)
+                _add_blocks(grad_v_blocks, blocks, grad_v)
         return grad_q[:, :, :length], grad_k_blocks, grad_v_blocks, None, None, None, None
+
+
+def _zeros_in_layout(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zeros ``[B, H, length, D]`` stored like ``x``: as ``[B, length, H, D]`` when ``x`` is a transposed view
+    of the model's ``[B, L, H, D]`` projection, else contiguous."""
+    batch, heads, _, dim = x.shape
+    if x.stride(1) < x.stride(2):
+        return x.new_zeros(batch, length, heads, dim).transpose(1, 2)
+    return x.new_zeros(batch, heads, length, dim)
+
+
+def _add_blocks(target: torch.Tensor, blocks: torch.Tensor, grads: torch.Tensor) -> None:
+    """``target [B, H, nk, bs, D]`` (any strides) ``+=`` gathered-block gradients ``grads [B*H, rows, K*bs, D]``
+    at key blocks ``blocks [B*H, rows*K]`` (one ``index_add_`` per batch row and head)."""
+    heads, bs, dim = target.shape[1], target.shape[3], target.shape[4]
+    per_head = grads.reshape(blocks.shape[0], -1, bs, dim)
+    for i in range(blocks.shape[0]):
+        target[i // heads, i % heads].index_add_(0, blocks[i], per_head[i])
 
 
 def _band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse, nq: int, block_bytes: int):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, block_layout, bound_mask_mod
+from ..patterns.materialize import CHUNK_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,18 @@ def _indices(active: torch.Tensor, n_kv: int) -> torch.Tensor:
 
 def _tile_mask(mod: MaskMod, ctx: MaskContext, indices: torch.Tensor, rows: torch.Tensor, bs: int,
                n_kv: int) -> torch.Tensor:
-    """``[*P, nr, bs, K*bs]`` bool: pattern mask on the gathered tiles, False outside the sequences."""
+    """``[*P, nr, bs, K*bs]`` bool: pattern mask on the gathered tiles, False outside the sequences; evaluated
+    in chunks of rows (:data:`~hf_sparse.patterns.materialize.CHUNK_ELEMENTS` pairs each)."""
+    pairs_per_row = indices[..., :1, :].numel() * bs * bs
+    step = max(1, CHUNK_ELEMENTS // max(pairs_per_row, 1))
+    if rows.numel() <= step:
+        return _tile_mask_rows(mod, ctx, indices, rows, bs, n_kv)
+    return torch.cat([_tile_mask_rows(mod, ctx, indices[..., start:start + step, :], rows[start:start + step], bs,
+                                      n_kv) for start in range(0, rows.numel(), step)], dim=-3)
+
+
+def _tile_mask_rows(mod: MaskMod, ctx: MaskContext, indices: torch.Tensor, rows: torch.Tensor, bs: int,
+                    n_kv: int) -> torch.Tensor:
     dev = indices.device
     width = indices.shape[-1]
     q_rows = (rows.view(-1, 1) * bs + torch.arange(bs, device=dev)).view(-1, 1, bs, 1)  # query row in the call

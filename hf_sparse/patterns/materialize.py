@@ -12,8 +12,9 @@ import torch
 
 from .base import BlockLayout, MaskContext, MaskMod, Pattern
 
-# Budget of mask evaluations per chunk when materializing (keeps peak memory ~ tens of MB at any length).
-_CHUNK_ELEMENTS = 1 << 23
+#: Mask evaluations per chunk when materializing: a mask function's int64 intermediates take 8 bytes per
+#: element, so 1M elements keep the transient memory near 10-30 MB at any length.
+CHUNK_ELEMENTS = 1 << 20
 
 
 @functools.lru_cache(maxsize=256)
@@ -40,7 +41,7 @@ def allowed_matrix(pattern: Pattern, ctx: MaskContext, device: torch.device | st
 def _allowed_matrix(pattern: Pattern, ctx: MaskContext, device: str) -> torch.Tensor:
     mod = bound_mask_mod(pattern, ctx)
     dev = torch.device(device)
-    step = max(1, _CHUNK_ELEMENTS // max(ctx.kv_len, 1))
+    step = max(1, CHUNK_ELEMENTS // max(ctx.kv_len, 1))
     chunks = [
         _evaluate_rows(mod, ctx, range(start, min(start + step, ctx.q_len)), dev)
         for start in range(0, ctx.q_len, step)
@@ -68,7 +69,7 @@ def _block_layout(pattern: Pattern, ctx: MaskContext, block_size: int, device: s
     kv_pad = n_kv * block_size - ctx.kv_len
     active = torch.zeros(n_q, n_kv, dtype=torch.bool, device=dev)
     full = torch.zeros(n_q, n_kv, dtype=torch.bool, device=dev)
-    blocks_per_chunk = max(1, _CHUNK_ELEMENTS // max(ctx.kv_len * block_size, 1))
+    blocks_per_chunk = max(1, CHUNK_ELEMENTS // max(ctx.kv_len * block_size, 1))
     for qb0 in range(0, n_q, blocks_per_chunk):
         qb1 = min(qb0 + blocks_per_chunk, n_q)
         rows = range(qb0 * block_size, min(qb1 * block_size, ctx.q_len))
