@@ -163,7 +163,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:
-        return _build(cls, data, "")
+        return build_dataclass(cls, data, float_strings=True)
 
     @classmethod
     def from_yaml(cls, text: str) -> RunConfig:
@@ -192,8 +192,16 @@ def _sparse_config(data: Any, where: str) -> SparseConfig:
 # -- building and type checking -----------------------------------------------------------------------------
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "config"
+def build_dataclass(cls: type, data: Any, prefix: str = "", *, kind: str = "config", float_strings: bool = False) -> Any:
+    """``cls`` from the mapping ``data``, type-checked against its annotations; every problem is a one-line
+    :class:`ConfigError` naming the dotted key (``prefix`` + name) and the fix. Nested dataclasses (also
+    optional ones and ``dict[str, Dataclass]`` values) are built recursively; ints are accepted for floats.
+
+    Args:
+        kind: the word in messages (``"unknown study key ..."``).
+        float_strings: also accept YAML 1.1's unquoted exponent floats (``1e-4`` reads as a string) for floats.
+    """
+    where = prefix.rstrip(".") or ("config" if kind == "config" else f"{kind} config")
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
     hints = typing.get_type_hints(cls)
@@ -203,36 +211,38 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), names, n=1)
         hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown config key {prefix + str(key)!r}{hint}; valid keys here: {', '.join(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
+        raise ConfigError(f"unknown {kind} key {prefix + str(key)!r}{hint}; valid keys here: {', '.join(names)}")
+    return cls(**{name: _coerce(value, hints[name], f"{prefix}{name}", kind, float_strings)
+                  for name, value in data.items()})
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """``value`` if it matches the type ``hint`` (ints are accepted for floats), else :class:`ConfigError`."""
+def _coerce(value: Any, hint: Any, key: str, kind: str, float_strings: bool) -> Any:
+    """``value`` if it matches the type ``hint`` (dataclasses are built), else :class:`ConfigError`."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in options:
+        return None
     for option in options:
+        if dataclasses.is_dataclass(option):
+            return build_dataclass(option, value, f"{key}.", kind=kind, float_strings=float_strings)
         origin = typing.get_origin(option) or option
-        if option is type(None) and value is None:
-            return None
         if origin is Any:
+            return value
+        if origin is dict and isinstance(value, dict):
+            args = typing.get_args(option)
+            if args and dataclasses.is_dataclass(args[1]):
+                return {str(k): build_dataclass(args[1], v, f"{key}.{k}.", kind=kind, float_strings=float_strings)
+                        for k, v in value.items()}
             return value
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if origin is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        if origin is float and float_strings and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if origin in (str, bool, dict, list) and isinstance(value, origin):
+        if origin in (str, bool, list) and isinstance(value, origin):
             return value
     wanted = " or ".join(_type_name(o) for o in options)
-    raise ConfigError(f"config key {key!r} must be {wanted}, got {type(value).__name__}: {value!r}")
+    raise ConfigError(f"{kind} key {key!r} must be {wanted}, got {type(value).__name__}: {value!r}")
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

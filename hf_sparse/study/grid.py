@@ -30,18 +30,15 @@ then ``run_name`` and ``output_dir`` set by the study.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..finetune.config import ConfigError, apply_overrides, read_yaml_mapping
+from ..finetune.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping
 
 LAUNCHERS = ("accelerate", "python")
 
@@ -118,7 +115,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> StudyConfig:
-        return _build(cls, _normalize(data), "")
+        return build_dataclass(cls, _normalize(data), kind="study")
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -248,45 +245,3 @@ def _nest(tree: dict[str, Any]) -> dict[str, Any]:
         nested = _nest(value) if isinstance(value, dict) else value
         out = _merge(out, unflatten({str(key): nested}))
     return out
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    """``cls`` from the mapping ``data``, type-checked; every problem is a one-line :class:`ConfigError`."""
-    where = prefix.rstrip(".") or "study config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"study key '{where}' must be a mapping, got {type(data).__name__}: {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown study key '{prefix}{key}'{hint}; valid keys here: {', '.join(names)}")
-        kwargs[key] = _value(value, hints[key], f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _value(value: Any, hint: Any, key: str) -> Any:
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if dataclasses.is_dataclass(option):
-            return _build(option, value, f"{key}.")
-        origin = typing.get_origin(option) or option
-        if origin is dict and isinstance(value, dict):
-            args = typing.get_args(option)
-            if args and dataclasses.is_dataclass(args[1]):
-                return {str(k): _build(args[1], v, f"{key}.{k}.") for k, v in value.items()}
-            return value
-        if origin is Any or (origin in (str, list) and isinstance(value, origin)):
-            return value
-        if origin is bool and isinstance(value, bool):
-            return value
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    wanted = " or ".join("null" if o is type(None) else getattr(typing.get_origin(o) or o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"study key '{key}' must be {wanted}, got {type(value).__name__}: {value!r}")
