@@ -125,6 +125,10 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     real_gather = cpu_flash._gather
     monkeypatch.setattr(cpu_flash, "_gather", lambda blocks, work, part, n: gathered.append(
         part.stop - part.start) or real_gather(blocks, work, part, n))
+    band_queries = []
+    real_pieces = cpu_flash._band_pieces
+    monkeypatch.setattr(cpu_flash, "_band_pieces", lambda *a, **kw: [
+        band_queries.append(p.merge * 64) or p for p in real_pieces(*a, **kw)])
     gen = torch.Generator().manual_seed(3)
     length = 1000
     q = torch.randn(2, 4, length, 32, generator=gen).requires_grad_()
@@ -143,3 +147,6 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     n_rows = -(-length // 64)
     per_pass = sum(gathered) / 4  # keys and values, forward and backward
     assert 0 < per_pass <= 6, f"gathered {per_pass} query-block rows of {n_rows} per pass; the band has 10+"
+    # unpadded rows share one mask: merged BAND_QUERIES (256) queries per call, the leftover rows one by one;
+    # with padding each row's mask differs and rows go one by one
+    assert set(band_queries) == ({64} if padded else {64, cpu_flash.BAND_QUERIES}), band_queries
