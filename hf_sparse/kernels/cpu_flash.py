@@ -145,10 +145,10 @@ def _band_view(x: torch.Tensor, b: int, first: int, rows: int, blocks: int, bs: 
 
 #: Band rows go to the fused kernel ``BAND_QUERIES // bs`` at a time, merged into one query row of
 #: ``BAND_QUERIES`` tokens that reads ``K + merge - 1`` key blocks (each original row keeps its own ``K`` under
-#: the mask). PyTorch's CPU flash kernel runs 256-query rows faster per pair than 128-query rows: on the 2-core
-#: x86_64 CPU, a 2-layer BERT-base training step at 8,192 tokens (window 512) took 7.2-7.7 s with merged 256-query
-#: rows against 7.8-8.2 s with 128-query rows, though merged rows compute 11% more pairs; inference and 4,096 tokens
-#: were unchanged within noise, and 384 or 512 queries per call were slower.
+#: the mask). Chosen by A/B timing on the 2-core x86_64 CPU: PyTorch's CPU flash kernel ran merged 256-query rows
+#: faster than 128-query rows in training at 8,192 tokens, though they compute 11% more pairs; inference and 4,096
+#: tokens were equal within noise, and 384 or 512 queries per call were slower. Model-level rows with it:
+#: results/bench_model/bench_model.csv (before it: results/bench_model/quiet_before_merge/).
 BAND_QUERIES = 256
 
 
