@@ -25,9 +25,13 @@ def test_plan_gathers_exactly_the_active_tiles(name, options, length, bs, causal
     rows = torch.cat([g.rows for g in plan.groups])
     assert sorted(rows.tolist()) == list(range(plan.n_q_blocks)), "each query block in exactly one group"
     for group in plan.groups:
+        shared = group.band is not None and group.band_step == 0  # reads its whole span, masks what it skips
         for r, row in enumerate(group.rows.tolist()):
             ids = [i for i in group.indices[r].tolist() if i != plan.n_kv_blocks]
             assert ids == sorted(set(ids))
+            if shared:
+                ids = [i for s, i in enumerate(ids)
+                       if group.tile_mask is None or group.tile_mask[r, :, s * bs:(s + 1) * bs].any()]
             seen[row, ids] = True
     assert torch.equal(seen, layout.active)
     if plan.order is not None:
@@ -42,6 +46,8 @@ def test_bigbird_global_rows_get_their_own_group():
     assert len(plan.groups) >= 2
     widest = max(plan.groups, key=lambda g: g.slots)
     assert widest.slots == 64 and widest.rows.tolist() == [0, 1]
+    # the global rows read every key block: one shared window (keys read as a view, not gathered)
+    assert (widest.band, widest.band_step) == (0, 0)
     # padding rows to their group's width costs little: computed tiles within 10% of the active ones
     assert plan.computed_fraction <= 1.1 * layout.block_density
 
@@ -50,7 +56,7 @@ def test_sliding_window_interior_rows_form_one_band_that_shares_its_tile_mask():
     pattern = make_pattern("sliding_window", window=100)
     ctx = MaskContext.for_length(1000)
     plan = static_plan(pattern, ctx, 64, "cpu")
-    bands = [g for g in plan.groups if g.band is not None]
+    bands = [g for g in plan.groups if g.band is not None and g.band_step == 1]
     assert len(bands) == 1
     band = bands[0]
     rows, width = band.rows, band.slots
@@ -63,7 +69,32 @@ def test_sliding_window_interior_rows_form_one_band_that_shares_its_tile_mask():
     assert all((int(g.rows[-1]) + 1) * 64 <= 1000 for g in bands)
 
 
+@pytest.mark.parametrize("length", [1024, 1000])
+def test_sliding_window_edge_rows_share_one_key_window(length):
+    """The rows at either end of a sliding window read fewer blocks than the interior; consecutive ones read one
+    shared span of key blocks (band_step 0), each row with its own mask, no wider than the band's K. Only a
+    partial last query block stays gathered."""
+    pattern = make_pattern("sliding_window", window=100)
+    ctx = MaskContext.for_length(length)
+    plan = static_plan(pattern, ctx, 64, "cpu")
+    layout = block_layout(pattern, ctx, 64)
+    band = next(g for g in plan.groups if g.band is not None and g.band_step == 1)
+    shared = [g for g in plan.groups if g.band is not None and g.band_step == 0]
+    assert [g.rows.tolist() for g in shared] == [[0, 1], [13, 14] if length == 1000 else [14, 15]]
+    for group in shared:
+        span = torch.arange(group.band, group.band + group.slots)
+        assert group.slots <= band.slots and torch.equal(group.indices, span.expand(group.rows.numel(), -1))
+        for row in group.rows.tolist():  # every active tile of the row is in the span
+            assert set(torch.nonzero(layout.active[row]).view(-1).tolist()) <= set(span.tolist())
+        assert group.tile_mask.stride(0) != 0, "each row keeps its own tile mask"
+        assert not torch.equal(group.tile_mask[0], group.tile_mask[1])
+    gathered = [g.rows.tolist() for g in plan.groups if g.band is None]
+    assert gathered == ([[15]] if length == 1000 else []), "only the partial last query block is gathered"
+    assert sorted(torch.cat([g.rows for g in plan.groups]).tolist()) == list(range(16))
+
+
 def test_patterns_with_global_or_random_blocks_have_no_band_where_rows_differ():
     ctx = MaskContext.for_length(1024)
     plan = static_plan(make_pattern("bigbird", block_size=64), ctx, 64, "cpu")
-    assert all(g.band is None for g in plan.groups), "random blocks: rows don't read consecutive windows"
+    sliding = [g for g in plan.groups if g.band is not None and g.band_step == 1]
+    assert not sliding, "random blocks: rows don't read consecutive windows"

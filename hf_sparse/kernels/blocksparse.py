@@ -163,7 +163,7 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
         unit_stride = query.stride(-1) == k_blocks.stride(-1) == v_blocks.stride(-1) == 1  # bands read views
         works = [cpu_flash.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
                                      *_group_mask(call, plan, group, batch, heads, additive=True),
-                                     band=group.band if unit_stride else None)
+                                     band=group.band if unit_stride else None, band_step=group.band_step)
                  for group in plan.groups]
         out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
         return out[:, :q_len].transpose(1, 2), None  # [B, Lq, H, D] storage: the model's transpose is free

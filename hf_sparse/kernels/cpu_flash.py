@@ -53,6 +53,8 @@ class GroupWork:
         empty: ``[1 or B*H, nr, bs, 1]`` bool, rows whose output is zero, or ``None``.
         band: the group's first key block if it is a band (:attr:`~hf_sparse.kernels.plan.PlanGroup.band`):
             its keys and values are read as overlapping strided views, without gathering.
+        band_step: key blocks the band's window moves per row (:attr:`~hf_sparse.kernels.plan.PlanGroup.band_step`):
+            ``1``, or ``0`` for a shared window (one key view for all rows, each row its own mask).
     """
 
     rows: torch.Tensor
@@ -60,6 +62,7 @@ class GroupWork:
     mask: torch.Tensor | None
     empty: torch.Tensor | None
     band: int | None = None
+    band_step: int = 1
     _merged: dict = field(default_factory=dict, compare=False, repr=False)
 
     def width(self, n: int) -> int:
@@ -67,12 +70,15 @@ class GroupWork:
         return self.index.numel() // (n * self.rows.numel())
 
     def band_mask(self, piece: _BandPiece, heads: int, bs: int, like: torch.Tensor) -> torch.Tensor | None:
-        """The additive mask of a band piece, ``[count, 1 or H, merge*bs, (K + merge - 1)*bs]``: for merged rows
-        each original row's ``K``-block mask at its own offset and ``-inf`` elsewhere (built once per batch row
-        and reused by backward); ``None`` when nothing is masked."""
+        """The additive mask of a band piece, ``[count, 1 or H, merge*bs, (K + (merge - 1)*step)*bs]``: for
+        merged rows of a sliding band each original row's ``K``-block mask at its own offset and ``-inf``
+        elsewhere (built once per batch row and reused by backward), for a shared window the rows' own masks
+        stacked (a view); ``None`` when nothing is masked."""
         one = _per_batch(self.mask, piece.b, heads, piece.pos)
-        if piece.merge == 1:
+        if piece.merge == 1 or one is None and self.band_step == 0:
             return one
+        if self.band_step == 0:  # [rows, 1 or H, bs, K*bs] -> [count, 1 or H, merge*bs, K*bs]
+            return one.transpose(0, 1).reshape(one.shape[1], piece.count, -1, one.shape[-1]).transpose(0, 1)
         key = (piece.b if self.mask is not None and self.mask.shape[0] > 1 else 0, piece.merge)
         if key not in self._merged:
             width = self.width(like.shape[0] * heads)
@@ -155,8 +161,8 @@ BAND_QUERIES = 256
 @dataclass(frozen=True)
 class _BandPiece:
     """``count`` merged rows of ``merge`` band rows each, of batch row ``b``: query blocks ``row0 ..
-    row0 + count*merge - 1`` (the band's positions ``pos``); merged row ``i`` reads key blocks
-    ``first + i*merge .. first + i*merge + K + merge - 2``."""
+    row0 + count*merge - 1`` (the band's positions ``pos``); merged row ``i`` reads the :meth:`slots`
+    key blocks from ``first + i*merge*step`` (``step`` = the band's :attr:`GroupWork.band_step`)."""
 
     b: int
     pos: slice
@@ -164,33 +170,42 @@ class _BandPiece:
     first: int
     count: int
     merge: int
+    step: int = 1
+
+    def slots(self, width: int) -> int:
+        """Key blocks one merged row reads: the band's ``K`` plus the window's moves over the merged rows."""
+        return width + (self.merge - 1) * self.step
 
     def queries(self, x: torch.Tensor, bs: int) -> torch.Tensor:
         return _band_view(x, self.b, self.row0, self.count, self.merge, bs, self.merge)
 
     def keys(self, x: torch.Tensor, width: int, bs: int) -> torch.Tensor:
-        return _band_view(x, self.b, self.first, self.count, width + self.merge - 1, bs, self.merge)
+        return _band_view(x, self.b, self.first, self.count, self.slots(width), bs, self.merge * self.step)
 
     def tokens(self, bs: int) -> slice:
         return slice(self.row0 * bs, (self.row0 + self.count * self.merge) * bs)
 
 
 def _band_pieces(work: GroupWork, batch: int, heads: int, bs: int, block_bytes: int, backward: bool):
-    """The band's calls: rows merged :data:`BAND_QUERIES` queries at a time when they share one mask (the
-    leftover rows, and bands whose rows' masks differ, e.g. with padding, go one row per query row); backward
-    pieces keep the key/value gradients under :data:`CHUNK_BYTES`."""
-    nr, width = work.rows.numel(), work.width(batch * heads)
-    shared = work.empty is None and (work.mask is None or work.mask.stride(1) == 0)
-    merge = max(1, BAND_QUERIES // bs) if shared else 1
+    """The band's calls: sliding rows merged :data:`BAND_QUERIES` queries at a time when they share one mask
+    (the leftover rows, and bands whose rows' masks differ, e.g. with padding, go one row per query row); a
+    shared window's rows all merged into one query row (merging adds no pairs there) unless some rows must be
+    zeroed; backward pieces keep the key/value gradients under :data:`CHUNK_BYTES`."""
+    nr, width, move = work.rows.numel(), work.width(batch * heads), work.band_step
+    if move == 0:
+        merge = nr if work.empty is None else 1
+    else:
+        one_mask = work.empty is None and (work.mask is None or work.mask.stride(1) == 0)
+        merge = max(1, BAND_QUERIES // bs) if one_mask else 1
     row0 = int(work.rows[0])
     for b in range(batch):
         start = 0
         for f, stop in ((merge, nr - nr % merge), (1, nr)):
-            per_call = 2 * (width + f - 1) * heads * block_bytes
+            per_call = 2 * (width + (f - 1) * move) * heads * block_bytes
             step = max(1, CHUNK_BYTES // per_call) * f if backward else stop - start
             for lo in range(start, stop, max(step, 1)):
                 hi = min(lo + step, stop)
-                yield _BandPiece(b, slice(lo, hi), row0 + lo, work.band + lo, (hi - lo) // f, f)
+                yield _BandPiece(b, slice(lo, hi), row0 + lo, work.band + lo * move, (hi - lo) // f, f, move)
             start = stop
 
 
@@ -215,7 +230,7 @@ class GatheredFlashAttention(torch.autograd.Function):
     def forward(ctx, query, k_blocks, v_blocks, works, scale, bs, nq):
         batch, heads = query.shape[:2]
         n = batch * heads
-        out = query.new_zeros(batch, nq * bs, heads, v_blocks.shape[-1])
+        out = query.new_empty(batch, nq * bs, heads, v_blocks.shape[-1])  # the groups write every query block
         out_blocks = _blocks_view(out, heads, bs)
         lse = None
         block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
@@ -248,7 +263,7 @@ class GatheredFlashAttention(torch.autograd.Function):
         grad_blocks = _blocks_view(grad_out, heads, bs)
         out_blocks = _blocks_view(out, heads, bs)
         # gradients in the inputs' memory layout (the model's [B, L, H, D]): its transposes back are free views
-        grad_q = _zeros_in_layout(query, out.shape[1])
+        grad_q = _empty_in_layout(query, out.shape[1])  # every query block written below
         grad_q_blocks = grad_q.unflatten(2, (-1, bs))
         grad_k_blocks, grad_v_blocks = torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
         block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
@@ -275,13 +290,13 @@ class GatheredFlashAttention(torch.autograd.Function):
         return grad_q[:, :, :length], grad_k_blocks, grad_v_blocks, None, None, None, None
 
 
-def _zeros_in_layout(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Zeros ``[B, H, length, D]`` stored like ``x``: as ``[B, length, H, D]`` when ``x`` is a transposed view
+def _empty_in_layout(x: torch.Tensor, length: int) -> torch.Tensor:
+    """An uninitialized ``[B, H, length, D]`` stored like ``x``: as ``[B, length, H, D]`` when ``x`` is a transposed view
     of the model's ``[B, L, H, D]`` projection, else contiguous."""
     batch, heads, _, dim = x.shape
     if x.stride(1) < x.stride(2):
-        return x.new_zeros(batch, length, heads, dim).transpose(1, 2)
-    return x.new_zeros(batch, heads, length, dim)
+        return x.new_empty(batch, length, heads, dim).transpose(1, 2)
+    return x.new_empty(batch, heads, length, dim)
 
 
 def _add_blocks(target: torch.Tensor, blocks: torch.Tensor, grads: torch.Tensor) -> None:
@@ -315,7 +330,8 @@ def _band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, ou
 def _band_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, out, lse, grad_q, grad_k_blocks,
                    grad_v_blocks, block_bytes: int) -> None:
     """Backward of a band group: query gradients into ``grad_q [B, H, L', D]``; key/value gradients of slot
-    ``s`` of merged rows ``i`` land on the blocks ``first + s + i*merge`` (one strided add per slot)."""
+    ``s`` of merged rows ``i`` land on the blocks ``first + s + i*merge`` (one strided add per slot), a shared
+    window's on ``first + s`` (summed over the rows)."""
     batch, heads = query.shape[:2]
     bs = ctx.bs
     keys, values = _flat_blocks(k_blocks), _flat_blocks(v_blocks)
@@ -333,9 +349,12 @@ def _band_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, ou
             0.0, False, attn_mask=work.band_mask(piece, heads, bs, query), scale=ctx.scale,
         )
         grad_q[b, :, tokens] = grad_q_part.transpose(0, 1).reshape(heads, rows * bs, -1)
-        slots = width + piece.merge - 1
+        slots = piece.slots(width)
         for grads, target in ((grad_k, grad_k_blocks), (grad_v, grad_v_blocks)):
             per_slot = grads.unflatten(2, (slots, bs))                       # [count, H, slots, bs, D]
+            if piece.step == 0:
+                target[b, :, piece.first:piece.first + slots] += per_slot.sum(0)
+                continue
             for slot in range(slots):
                 start = piece.first + slot
                 target[b, :, start:start + rows:piece.merge] += per_slot[:, :, slot].transpose(0, 1)

@@ -10,7 +10,7 @@ block (index ``n_kv_blocks``) that the tile mask hides. Plans of fixed patterns 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -37,6 +37,9 @@ class PlanGroup:
             for every row): the first row's first key block, else ``None``. A band's keys are overlapping
             windows of the key tensor, so kernels can read them as strided views instead of gathering, and its
             ``tile_mask`` is one row's mask expanded (stride 0) over the rows.
+        band_step: how many key blocks a band's window moves per row: ``1`` as above, or ``0`` for consecutive
+            rows that all read the same blocks ``band .. band + K - 1`` (a *shared window*: the rows at either
+            end of a sliding window), each row with its own tile mask.
     """
 
     rows: torch.Tensor
@@ -44,6 +47,7 @@ class PlanGroup:
     tile_mask: torch.Tensor | None
     empty_rows: torch.Tensor | None
     band: int | None = None
+    band_step: int = 1
     _additive: dict = field(default_factory=dict, compare=False, repr=False)
 
     def additive_tile_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
@@ -52,7 +56,7 @@ class PlanGroup:
         if self.tile_mask is None:
             return None
         if dtype not in self._additive:
-            allowed = self.tile_mask[:1] if self.band is not None else self.tile_mask
+            allowed = self.tile_mask[:1] if self.band is not None and self.band_step else self.tile_mask
             additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
             self._additive[dtype] = additive.masked_fill_(~allowed, float("-inf")).expand(self.tile_mask.shape)
         return self._additive[dtype]
@@ -138,8 +142,12 @@ def _tile_mask_rows(mod: MaskMod, ctx: MaskContext, indices: torch.Tensor, rows:
 
 
 def _group(active: torch.Tensor, rows: torch.Tensor, mod: MaskMod, ctx: MaskContext, bs: int) -> PlanGroup:
-    n_kv = active.shape[-1]
-    indices = _indices(active[..., rows, :], n_kv)
+    return _group_at(_indices(active[..., rows, :], active.shape[-1]), rows, mod, ctx, bs, active.shape[-1])
+
+
+def _group_at(indices: torch.Tensor, rows: torch.Tensor, mod: MaskMod, ctx: MaskContext, bs: int,
+              n_kv: int) -> PlanGroup:
+    """The group of ``rows`` reading key blocks ``indices`` (``n_kv`` = empty slot), with its tile mask."""
     tile_mask = _tile_mask(mod, ctx, indices, rows, bs, n_kv)
     row_any = tile_mask.any(dim=-1, keepdim=True)
     in_range = ((rows.view(-1, 1) * bs + torch.arange(bs, device=rows.device)) < ctx.q_len).view(-1, bs, 1)
@@ -171,11 +179,36 @@ def _band_runs(group: PlanGroup, ctx: MaskContext, bs: int) -> list[tuple[int, i
     return runs
 
 
-def _split_bands(group: PlanGroup, ctx: MaskContext, bs: int) -> list[PlanGroup]:
-    """``group`` as its bands plus one group of the remaining rows (or unchanged when it has no band)."""
-    runs = _band_runs(group, ctx, bs)
-    if not runs:
+def _shared_window(group: PlanGroup, part: torch.Tensor, mod: MaskMod, ctx: MaskContext, bs: int,
+                   n_kv: int) -> PlanGroup | None:
+    """Rows ``group.rows[part]`` (consecutive) as one shared window (:attr:`PlanGroup.band_step` ``0``): every row
+    reads the span from the first to the last key block any of them reads, when that span is no wider than the
+    group's ``K`` (so no row computes more than gathered). The rows' query tiles must lie inside the sequence;
+    keys may reach into a partial last block (kernels read the padded keys, the tile mask hides the padding)."""
+    rows, indices = group.rows[part], group.indices[part]
+    used = indices[indices < n_kv]
+    if used.numel() == 0:
+        return None
+    first, width = int(used.min()), int(used.max()) - int(used.min()) + 1
+    if width > group.slots:
+        return None
+    span = torch.arange(first, first + width, device=rows.device).expand(rows.numel(), -1)
+    shared = _group_at(span, rows, mod, ctx, bs, n_kv)
+    return None if shared.empty_rows is not None else replace(shared, band=first, band_step=0)
+
+
+def _consecutive_runs(rows: torch.Tensor) -> list[torch.Tensor]:
+    """Positions of ``rows`` (ascending) split where a row does not follow the previous one."""
+    breaks = (torch.nonzero(rows[1:] != rows[:-1] + 1).view(-1) + 1).tolist()
+    return [torch.arange(a, b, device=rows.device) for a, b in zip([0, *breaks], [*breaks, rows.numel()], strict=True)]
+
+
+def _split_bands(group: PlanGroup, mod: MaskMod, ctx: MaskContext, bs: int, n_kv: int) -> list[PlanGroup]:
+    """``group`` as its bands, its shared windows (runs of two or more leftover rows, see :func:`_shared_window`)
+    and one group of the remaining rows (or unchanged when it has neither)."""
+    if group.indices.dim() != 2 or group.empty_rows is not None:
         return [group]
+    runs = _band_runs(group, ctx, bs)
     parts, rest = [], torch.ones(group.rows.numel(), dtype=torch.bool, device=group.rows.device)
     for start, stop in runs:
         rest[start:stop] = False
@@ -183,6 +216,14 @@ def _split_bands(group: PlanGroup, ctx: MaskContext, bs: int) -> list[PlanGroup]
         mask = None if mask is None or bool(mask.all()) else mask.expand(stop - start, -1, -1)  # group's is freed
         parts.append(PlanGroup(group.rows[start:stop], group.indices[start:stop], mask, None,
                                band=int(group.indices[start, 0])))
+    leftover = torch.nonzero(rest & ((group.rows + 1) * bs <= ctx.q_len)).view(-1)  # whole query tiles
+    for run in _consecutive_runs(group.rows[leftover]) if leftover.numel() else []:
+        shared = _shared_window(group, leftover[run], mod, ctx, bs, n_kv) if run.numel() >= 2 else None
+        if shared is not None:
+            rest[leftover[run]] = False
+            parts.append(shared)
+    if not parts:
+        return [group]
     if rest.any():
         mask = None if group.tile_mask is None else group.tile_mask[rest]
         parts.append(PlanGroup(group.rows[rest], group.indices[rest], mask, None))
@@ -211,7 +252,8 @@ def _plan(layout: BlockLayout, mod: MaskMod, ctx: MaskContext, bs: int) -> Block
     all_rows = torch.arange(n_q, device=layout.active.device)
     # Per-head (dynamic) layouts stay one group: their rows differ between heads.
     row_sets = _row_groups(layout.active.sum(-1)) if layout.active.dim() == 2 else [all_rows]
-    groups = tuple(part for rows in row_sets for part in _split_bands(_group(layout.active, rows, mod, ctx, bs), ctx, bs))
+    groups = tuple(part for rows in row_sets
+                   for part in _split_bands(_group(layout.active, rows, mod, ctx, bs), mod, ctx, bs, n_kv))
     concatenated = torch.cat([g.rows for g in groups])
     order = None if torch.equal(concatenated, all_rows) else torch.argsort(concatenated)
     return BlockSparsePlan(bs, n_q, n_kv, groups, order)
