@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import os
+import platform
 import re
 import resource
 import time
@@ -71,6 +73,33 @@ def time_runs(step: Callable[[], object], warmup: int, repeats: int) -> list[flo
         step()
         times.append(time.perf_counter() - start)
     return times
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU that timings ran on: model name (``/proc/cpuinfo``, else ``platform.processor()``), the vector
+    instructions PyTorch's CPU kernels use (e.g. ``AVX512``, ``AVX2``), and the number of cores. Timings of the
+    same command differ between machines, so every benchmark records this beside its numbers."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_count": os.cpu_count()}
+
+
+#: Environment variables that change how the C allocator hands out and returns memory (glibc tunables, a
+#: preloaded jemalloc/tcmalloc); they move CPU timings of large tensors by several percent.
+ALLOCATOR_ENV = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
+                 "MALLOC_TOP_PAD_", "MALLOC_CONF")
+
+
+def allocator_env() -> dict[str, str]:
+    """The :data:`ALLOCATOR_ENV` variables set in this process (``{}`` = the system allocator's defaults)."""
+    return {name: os.environ[name] for name in ALLOCATOR_ENV if os.environ.get(name)}
 
 
 def available_memory_gb(fraction: float = 0.75) -> float:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from hf_sparse.kernels import BACKENDS, AttentionCall, choose_backend
 from hf_sparse.kernels.blocksparse import plan_for
 from hf_sparse.patterns import MaskContext, Pattern, allowed_matrix, make_pattern
+from hf_sparse.profiling import allocator_env, cpu_description
 
 
 def pattern_for(name: str, length: int) -> tuple[Pattern, MaskContext]:
@@ -137,7 +138,7 @@ def bench_row(name: str, length: int, backward: bool, args) -> Row:
 def environment(args) -> dict:
     env = {
         "flex_compiled": os.environ.get("HF_SPARSE_FLEX_COMPILE") == "1", "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        **cpu_description(), "allocator_env": allocator_env(),
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
         "head_dim": args.head_dim, "repeats": args.repeats, "warmup": args.warmup,

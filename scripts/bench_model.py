@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from hf_sparse.profiling import available_memory_gb, run_isolated
+from hf_sparse.profiling import allocator_env, available_memory_gb, cpu_description, run_isolated
 
 MODELS = ("bert", "gpt2", "vit")
 IMAGE_PATTERNS = ("local_2d",)
@@ -285,9 +285,9 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    return {"platform": platform.platform(), **cpu_description(), "allocator_env": allocator_env(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
 
 

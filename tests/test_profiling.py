@@ -7,6 +7,7 @@ import signal
 import sys
 
 import pytest
+import torch
 
 from hf_sparse.profiling import PeakMemory, run_isolated, time_runs
 
@@ -49,3 +50,18 @@ def test_time_runs_times_only_the_repeats():
     calls = []
     times = time_runs(lambda: calls.append(1), warmup=2, repeats=3)
     assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
+
+
+def test_machine_description_names_the_cpu_and_the_allocator_settings(monkeypatch):
+    """Benchmarks record the CPU model, PyTorch's vector-instruction level and the allocator variables in force."""
+    from hf_sparse.profiling import ALLOCATOR_ENV, allocator_env, cpu_description
+
+    cpu = cpu_description()
+    assert cpu["cpu_count"] == os.cpu_count() and cpu["cpu_model"]
+    assert cpu["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    for name in ALLOCATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert allocator_env() == {}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1073741824")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "")  # set but empty: not a setting
+    assert allocator_env() == {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1073741824"}

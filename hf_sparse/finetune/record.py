@@ -17,6 +17,7 @@ from .. import __version__
 from ..config import SparseConfig
 from ..patch import iter_states, last_backends
 from ..patterns import Dense, block_layout, density
+from ..profiling import cpu_description
 from .tasks import Task
 
 #: Tile size used for ``block_density`` when neither the config nor the pattern names one.
@@ -73,7 +74,7 @@ def versions() -> dict[str, str]:
 
 
 def hardware(device: torch.device, processes: int, mixed_precision: str) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()["cpu_model"]
     return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(), "processes": processes,
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "mixed_precision": mixed_precision}
 
