@@ -286,9 +286,8 @@ def machine() -> dict[str, Any]:
     import transformers
 
     return {"platform": platform.platform(), **cpu_description(), "allocator_env": allocator_env(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
 
 
 def parse_config(argv: list[str] | None = None) -> BenchConfig:

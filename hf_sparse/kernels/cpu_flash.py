@@ -77,7 +77,7 @@ class GroupWork:
         elsewhere (built once per batch row and reused by backward), for a shared window the rows' own masks
         stacked (a view); ``None`` when nothing is masked."""
         one = _per_batch(self.mask, piece.b, heads, piece.pos)
-        if piece.merge == 1 or one is None and self.band_step == 0:
+        if piece.merge == 1 or (one is None and self.band_step == 0):
             return one
         if self.band_step == 0:  # [rows, 1 or H, bs, K*bs] -> [count, 1 or H, merge*bs, K*bs]
             return one.transpose(0, 1).reshape(one.shape[1], piece.count, -1, one.shape[-1]).transpose(0, 1)

@@ -159,8 +159,8 @@ def _group_at(indices: torch.Tensor, rows: torch.Tensor, mod: MaskMod, ctx: Mask
 def _band_runs(group: PlanGroup, ctx: MaskContext, bs: int) -> list[tuple[int, int]]:
     """``(start, stop)`` positions of the group's maximal bands (see :attr:`PlanGroup.band`), at least
     :data:`MIN_BAND_ROWS` rows each."""
-    idx, rows = group.indices, group.rows
-    if idx.dim() != 2 or group.empty_rows is not None or rows.numel() < MIN_BAND_ROWS:
+    idx, rows = group.indices, group.rows  # a fixed plan's group without empty rows (see _split_bands)
+    if rows.numel() < MIN_BAND_ROWS:
         return []
     width = idx.shape[1]
     ok = ((idx - idx[:, :1]) == torch.arange(width, device=idx.device)).all(1)  # consecutive key blocks
@@ -189,7 +189,8 @@ def _shared_window(group: PlanGroup, part: torch.Tensor, mod: MaskMod, ctx: Mask
     used = indices[indices < n_kv]
     if used.numel() == 0:
         return None
-    first, width = int(used.min()), int(used.max()) - int(used.min()) + 1
+    first, last = int(used.min()), int(used.max())
+    width = last - first + 1
     if width > group.slots:
         return None
     span = torch.arange(first, first + width, device=rows.device).expand(rows.numel(), -1)
@@ -217,7 +218,7 @@ def _split_bands(group: PlanGroup, mod: MaskMod, ctx: MaskContext, bs: int, n_kv
         parts.append(PlanGroup(group.rows[start:stop], group.indices[start:stop], mask, None,
                                band=int(group.indices[start, 0])))
     leftover = torch.nonzero(rest & ((group.rows + 1) * bs <= ctx.q_len)).view(-1)  # whole query tiles
-    for run in _consecutive_runs(group.rows[leftover]) if leftover.numel() else []:
+    for run in _consecutive_runs(group.rows[leftover]):
         shared = _shared_window(group, leftover[run], mod, ctx, bs, n_kv) if run.numel() >= 2 else None
         if shared is not None:
             rest[leftover[run]] = False
