@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from hf_sparse.profiling import PeakMemory, run_isolated, time_runs
+from hf_sparse.profiling import PeakMemory, check_malloc_thresholds, glibc_malloc, run_isolated, time_runs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and forks (Linux)")
 
@@ -65,3 +66,44 @@ def test_machine_description_names_the_cpu_and_the_allocator_settings(monkeypatc
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1073741824")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "")  # set but empty: not a setting
     assert allocator_env() == {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1073741824"}
+
+
+_REFAULTS = """
+import resource, sys, torch
+from hf_sparse.profiling import set_malloc_thresholds
+if sys.argv[1] == "fixed":
+    set_malloc_thresholds(mmap_threshold_mb=32, trim_threshold_mb=int(sys.argv[2]))
+for _ in range(6):  # six "steps", each with 8 x 8 MB activation-sized blocks live at once, then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.empty(2 << 20).fill_(1.0) for _ in range(8)]
+    del blocks
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not glibc_malloc(), reason="mallopt thresholds are a glibc feature")
+def test_fixed_malloc_thresholds_reuse_freed_blocks_instead_of_faulting_them_in_again():
+    """In a fresh process glibc's dynamic thresholds give the 64 MB freed by each step back to the kernel, so
+    every step faults its 16,384 pages in again; with fixed thresholds the heap keeps them after warm-up."""
+    faults = {}
+    for mode, trim in (("default", "0"), ("fixed", "2047"), ("fixed", "-1")):
+        proc = subprocess.run([sys.executable, "-c", _REFAULTS, mode, trim], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        faults[mode, trim] = [int(n) for n in proc.stdout.split()][-3:]  # the steps after warm-up
+    assert min(faults["default", "0"]) > 12000, faults
+    assert max(faults["fixed", "2047"]) < 500 and max(faults["fixed", "-1"]) < 500, faults
+
+
+@pytest.mark.parametrize(("mmap_mb", "trim_mb", "match"), [
+    (32, None, "set both malloc thresholds or neither"),
+    (0, 2047, r"mmap_threshold_mb must be in 1\.\.32 .*got 0"),
+    (33, 2047, r"mmap_threshold_mb must be in 1\.\.32 .*got 33"),
+    (32, 4096, r"trim_threshold_mb must be -1 \(never trim\) or in mmap_threshold_mb\.\.2047 .*got 4096"),
+    (32, 16, r"trim_threshold_mb must be -1 .*got 16"),
+    (32, -2, r"trim_threshold_mb must be -1 .*got -2"),
+])
+def test_malloc_thresholds_out_of_range_name_the_value(mmap_mb, trim_mb, match):
+    with pytest.raises(ValueError, match=match):
+        check_malloc_thresholds(mmap_mb, trim_mb)
+    check_malloc_thresholds(None, None)  # unset: the allocator's defaults, nothing to check
