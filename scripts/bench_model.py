@@ -4,6 +4,7 @@
     python scripts/bench_model.py --models bert --lengths 4096 8192 --patterns sliding_window
     python scripts/bench_model.py --quick                            # smoke run on tiny shapes (~1 minute)
     python scripts/bench_model.py --config my_bench.yaml --repeats 5 # settings from YAML, then the flags
+    python scripts/bench_model.py --config configs/bench/bert_long.yaml  # the long-input targets (~12 minutes)
 
 Models (random init, fp32, batch 1, all dropout probabilities 0): a BERT-base-shaped encoder
 (``BertConfig()`` + a classification head, positions extended with ``hf_sparse.extend_positions``), a
@@ -29,8 +30,14 @@ Rows too large for the machine are skipped, not crashed on: a row whose estimate
 weights, gradients, activations that grow with the length, LM-head logits; attention itself not counted)
 exceeds ``--max-memory-gb`` (default 75% of the memory available at start) is not started, and every child
 runs under ``RLIMIT_DATA`` = that budget, so a failed
-allocation or a killed child becomes ``status: skipped`` with the reason. Results: ``<out>/bench_model.json``
-(settings, machine, rows) and ``<out>/bench_model.csv`` (one line per row); a table is printed.
+allocation or a killed child becomes ``status: skipped`` with the reason.
+
+Allocator: glibc's defaults unless ``--malloc-mmap-threshold-mb`` and ``--malloc-trim-threshold-mb`` are given;
+then every row's process fixes them first (``hf_sparse.profiling.set_malloc_thresholds``: dense and sparse rows
+alike), so activations under the mmap threshold are reused between steps instead of page-faulted in again.
+
+Results: ``<out>/bench_model.json`` (settings, machine, rows) and ``<out>/bench_model.csv`` (one line per row);
+a table is printed.
 """
 
 from __future__ import annotations
@@ -51,7 +58,14 @@ from typing import Any
 
 import yaml
 
-from hf_sparse.profiling import allocator_env, available_memory_gb, cpu_description, run_isolated
+from hf_sparse.profiling import (
+    allocator_env,
+    available_memory_gb,
+    check_malloc_thresholds,
+    cpu_description,
+    run_isolated,
+    set_malloc_thresholds,
+)
 
 MODELS = ("bert", "gpt2", "vit")
 IMAGE_PATTERNS = ("local_2d",)
@@ -81,6 +95,8 @@ class BenchConfig:
     seed: int = 0
     quick: bool = False
     out: str = "results/bench_model"
+    malloc_mmap_threshold_mb: int | None = None
+    malloc_trim_threshold_mb: int | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in (("models", MODELS), ("modes", MODES)):
@@ -91,6 +107,7 @@ class BenchConfig:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
         if self.repeats < 1 or self.warmup < 0 or self.threads < 1 or self.batch < 1:
             raise ValueError("repeats, threads and batch must be >= 1 and warmup >= 0")
+        check_malloc_thresholds(self.malloc_mmap_threshold_mb, self.malloc_trim_threshold_mb)
 
     def apply_quick(self) -> None:
         """Tiny shapes for a smoke run (and the test of this script); one thread, since tiny ops on a busy
@@ -183,6 +200,8 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     from hf_sparse.profiling import PeakMemory, time_runs
 
     torch.set_num_threads(spec["threads"])
+    if spec["malloc_mmap_threshold_mb"] is not None:  # in the row's process only, the same for dense and sparse
+        set_malloc_thresholds(spec["malloc_mmap_threshold_mb"], spec["malloc_trim_threshold_mb"])
     model, inputs, labels = build(spec["model"], spec["size"], spec["quick"], spec["seed"])
     if spec["batch"] > 1:
         inputs = {k: v.expand(spec["batch"], *v.shape[1:]) if torch.is_tensor(v) else v for k, v in inputs.items()}
@@ -304,7 +323,8 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--num-global", type=int, help="global tokens added to every pattern (0)")
     parser.add_argument("--pattern-options", type=json.loads, help='JSON, e.g. \'{"bigbird": {"block_size": 32}}\'')
     for name, kind in (("repeats", int), ("warmup", int), ("threads", int), ("batch", int), ("seed", int),
-                       ("max-memory-gb", float), ("timeout-s", float)):
+                       ("max-memory-gb", float), ("timeout-s", float), ("malloc-mmap-threshold-mb", int),
+                       ("malloc-trim-threshold-mb", int)):
         parser.add_argument(f"--{name}", type=kind)
     parser.add_argument("--out", help="output folder (results/bench_model)")
     parser.add_argument("--quick", action="store_true", default=None, help="tiny shapes, a smoke run")
@@ -344,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             row.update(status="skipped", reason=f"estimated {row['est_mem_gb']} GB > budget {cfg.max_memory_gb} GB")
         else:
             spec = {**row, **{k: getattr(cfg, k) for k in ("backend", "threads", "batch", "seed", "quick", "warmup",
-                                                            "repeats")}}
+                                                            "repeats", "malloc_mmap_threshold_mb",
+                                                            "malloc_trim_threshold_mb")}}
             row.update(run_isolated(run_row, spec, memory_gb=cfg.max_memory_gb, timeout_s=cfg.timeout_s))
         print(f"[{index}/{len(rows)}] {row['model']} {row['mode']} {row['tokens']} {row['pattern']}: {row['status']}"
               + (f" {statistics.median(row['times_s']):.3f}s" if row["status"] == "ok" else f" ({row['reason']})"),

@@ -37,7 +37,8 @@ def _read(out: Path):
 def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
     bench = _load_script()
     args = ["--quick", "--models", "bert", "gpt2", "vit", "--lengths", "64", "--image-sizes", "32",
-            "--patterns", "sliding_window", "local_2d", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)]
+            "--patterns", "sliding_window", "local_2d", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
+            "--malloc-mmap-threshold-mb", "32", "--malloc-trim-threshold-mb", "-1"]
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -51,6 +52,7 @@ def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
     assert cases == want and len(rows) == len(want) == len(csv_rows)
     assert list(csv_rows[0]) == bench.CSV_FIELDS
     assert data["meta"]["machine"]["torch"] and data["config"]["quick"] is True
+    assert (data["config"]["malloc_mmap_threshold_mb"], data["config"]["malloc_trim_threshold_mb"]) == (32, -1)
     for row, line in zip(rows, csv_rows, strict=True):
         assert row["status"] == "ok", row
         assert len(row["times_s"]) == 2 and row["time_s"] == statistics.median(row["times_s"])
@@ -78,3 +80,25 @@ def test_rows_over_the_memory_budget_are_skipped_with_the_reason(tmp_path, capsy
     assert "skipped: estimated" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown models"):
         bench.BenchConfig(models=["bart"])
+    with pytest.raises(ValueError, match="mmap_threshold_mb must be in 1..32.*got 64"):
+        bench.BenchConfig(malloc_mmap_threshold_mb=64, malloc_trim_threshold_mb=2047)
+
+
+def test_bench_configs_load_round_trip_and_flags_override_them(tmp_path):
+    """Every ``configs/bench/*.yaml`` is a valid BenchConfig that survives YAML; command-line flags win."""
+    import dataclasses
+
+    import yaml
+
+    bench = _load_script()
+    paths = sorted((SCRIPT.parents[1] / "configs" / "bench").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = bench.parse_config(["--config", str(path), "--max-memory-gb", "4"])
+        again = tmp_path / path.name
+        again.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
+        assert bench.parse_config(["--config", str(again)]) == cfg
+    long = bench.parse_config(["--config", str(SCRIPT.parents[1] / "configs/bench/bert_long.yaml"), "--repeats", "5",
+                               "--malloc-trim-threshold-mb", "2047", "--max-memory-gb", "4"])
+    assert (long.models, long.lengths, long.patterns, long.density) == (["bert"], [4096, 8192], ["sliding_window"], 0.125)
+    assert (long.repeats, long.malloc_mmap_threshold_mb, long.malloc_trim_threshold_mb) == (5, 32, 2047)

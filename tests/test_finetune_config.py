@@ -9,9 +9,9 @@ import yaml
 
 from hf_sparse.finetune import ConfigError, RunConfig, apply_overrides, get_task, task_names
 
-#: run configs of fine-tuning tasks (accelerate, analysis and study configs have their own schemas and tests)
+#: run configs of fine-tuning tasks (accelerate, analysis, bench and study configs have their own schemas and tests)
 CONFIGS = sorted(p for p in Path(__file__).resolve().parent.parent.glob("configs/*/*.yaml")
-                 if p.parent.name not in ("accelerate", "analysis", "study"))
+                 if p.parent.name not in ("accelerate", "analysis", "bench", "study"))
 
 
 def test_shipped_configs_cover_the_tasks_and_patterns():
