@@ -95,9 +95,10 @@ def cpu_description() -> dict[str, Any]:
 
 
 #: Environment variables that change how the C allocator hands out and returns memory (glibc tunables, a
-#: preloaded jemalloc/tcmalloc); they move CPU timings of large tensors by several percent.
+#: preloaded jemalloc/tcmalloc, PyTorch's transparent-huge-page switch for CPU tensors); they move CPU timings of
+#: large tensors by several percent.
 ALLOCATOR_ENV = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
-                 "MALLOC_TOP_PAD_", "MALLOC_CONF")
+                 "MALLOC_TOP_PAD_", "MALLOC_CONF", "THP_MEM_ALLOC_ENABLE")
 
 
 def allocator_env() -> dict[str, str]:
