@@ -69,14 +69,20 @@ def test_machine_description_names_the_cpu_and_the_allocator_settings(monkeypatc
 
 
 _REFAULTS = """
-import resource, sys, torch
-from hf_sparse.profiling import set_malloc_thresholds
+import ctypes, resource, sys
 if sys.argv[1] == "fixed":
+    from hf_sparse.profiling import set_malloc_thresholds
     set_malloc_thresholds(mmap_threshold_mb=32, trim_threshold_mb=int(sys.argv[2]))
-for _ in range(6):  # six "steps", each with 8 x 8 MB activation-sized blocks live at once, then freed
+libc = ctypes.CDLL(None)  # malloc/free straight from C: no other allocation lands between the blocks
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+size = 8 << 20
+for _ in range(6):  # six "steps", each with 8 x 8 MB activation-sized blocks live at once, written, then freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [torch.empty(2 << 20).fill_(1.0) for _ in range(8)]
-    del blocks
+    blocks = [libc.malloc(size) for _ in range(8)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for block in blocks:
+        libc.free(block)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
