@@ -154,3 +154,16 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     assert sliding == ({64} if padded else {64, cpu_flash.BAND_QUERIES}), band_queries
     # a shared window's two rows go as one 128-query call, unless padding leaves rows to zero
     assert {queries for step, queries in band_queries if step == 0} == ({64} if padded else {128}), band_queries
+
+
+def test_additive_masks_keep_expanded_dimensions_and_pass_float_masks():
+    from hf_sparse.kernels.cpu_flash import additive
+
+    allowed = torch.tensor([[True, False, True], [False, True, True]])
+    expanded = allowed[None].expand(5, -1, -1)                   # one mask for 5 rows (stride 0)
+    out = additive(expanded, torch.float32)
+    assert out.stride(0) == 0 and out.dtype == torch.float32, "the expanded dim stays a view"
+    want = torch.zeros(2, 3).masked_fill_(~allowed, float("-inf"))
+    assert torch.equal(out, want.expand(5, -1, -1))
+    bias = torch.randn(2, 3)
+    assert additive(bias, torch.float32) is bias and additive(None, torch.float32) is None

@@ -86,11 +86,6 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x if x.shape[-2] == rows else F.pad(x, (0, 0, 0, rows - x.shape[-2]))
 
 
-def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean mask -> ``0`` / ``-inf`` in ``dtype`` (the fused CPU kernel takes additive masks)."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-
-
 def _lead(tiles: torch.Tensor) -> torch.Tensor:
     """A fixed plan's ``[nr, bs, K*bs]`` tiles with the ``[b, h]`` dims of a dynamic plan's (``[1, 1, ...]``)."""
     return tiles[None, None] if tiles.dim() == 3 else tiles
@@ -104,17 +99,18 @@ def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
 
 
 def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, batch: int, heads: int,
-                additive: bool = False):
-    """``(attn_mask 4-D or None, rows to zero or None)`` for one group: pattern tiles, model mask, bias.
-    ``additive=True`` returns the mask as ``0`` / ``-inf`` in the query's dtype (for the fused CPU kernel)."""
+                fused: bool = False):
+    """``(attn_mask 4-D or None, rows to zero or None)`` for one group: pattern tiles, model mask, bias. The mask
+    is boolean (``True`` = allowed; for the pattern alone a view of the plan's tensor, shared by every layer) or,
+    with a bias, additive in the query's dtype. ``fused=True`` (PyTorch's fused CPU kernel, which takes additive
+    masks): a gathered group's pattern-only mask comes as the plan's cached additive copy
+    (:meth:`~hf_sparse.kernels.plan.PlanGroup.additive_tile_mask`); the kernel converts the rest per call."""
     q_len, bs, nr = call.ctx.q_len, plan.block_size, group.rows.numel()
     model_allowed, bias = _model_tiles(call, plan, group)
-    if additive and model_allowed is None and bias is None:  # the pattern alone: the plan's shared tensor
-        pattern_only = group.additive_tile_mask(call.query.dtype)
+    if fused and group.band is None and group.tile_mask is not None and model_allowed is None and bias is None:
         empty = group.empty_rows
-        if empty is not None and empty.dim() > 3:
-            empty = _flat4(empty, batch, heads)
-        return (None if pattern_only is None else _flat4(_lead(pattern_only), batch, heads)), empty
+        empty = _flat4(empty, batch, heads) if empty is not None and empty.dim() > 3 else empty
+        return _flat4(_lead(group.additive_tile_mask(call.query.dtype)), batch, heads), empty
     allowed = group.tile_mask
     if allowed is not None:
         allowed = _lead(allowed)
@@ -132,8 +128,6 @@ def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, ba
             attn_mask = torch.where(allowed, attn_mask, torch.tensor(float("-inf"), dtype=call.query.dtype))
     if attn_mask is not None:
         attn_mask = _flat4(attn_mask, batch, heads)
-        if additive and attn_mask.dtype == torch.bool:
-            attn_mask = _additive(attn_mask, call.query.dtype)
     if empty is not None and empty.dim() > 3:
         empty = _flat4(empty, batch, heads)
     return attn_mask, empty
@@ -162,7 +156,7 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     if cpu_flash.available(query, call.dropout_p, dim_v, bias_needs_grad):
         unit_stride = query.stride(-1) == k_blocks.stride(-1) == v_blocks.stride(-1) == 1  # bands read views
         works = [cpu_flash.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
-                                     *_group_mask(call, plan, group, batch, heads, additive=True),
+                                     *_group_mask(call, plan, group, batch, heads, fused=True),
                                      band=group.band if unit_stride else None, band_step=group.band_step)
                  for group in plan.groups]
         out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs, nq)

@@ -51,7 +51,9 @@ class GroupWork:
     Attributes:
         rows: ``[nr]`` query-block ids.
         index: ``[B*H*nr*K]`` flat key-block ids ``(b * H + h) * nk + block``, row-major over ``[B*H, nr, K]``.
-        mask: additive ``[1 or B*H, nr, bs, K*bs]`` mask in the query dtype, or ``None``.
+        mask: ``[1 or B*H, nr, bs, K*bs]`` mask, boolean (``True`` = allowed) or additive in the query dtype, or
+            ``None``. Boolean masks become additive (what PyTorch's fused kernel takes) only for the call at hand
+            (:func:`additive`), so no float copy of a plan's masks outlives it.
         empty: ``[1 or B*H, nr, bs, 1]`` bool, rows whose output is zero, or ``None``.
         band: the group's first key block if it is a band (:attr:`~hf_sparse.kernels.plan.PlanGroup.band`):
             its keys and values are read as overlapping strided views, without gathering.
@@ -74,22 +76,32 @@ class GroupWork:
     def band_mask(self, piece: _BandPiece, heads: int, bs: int, like: torch.Tensor) -> torch.Tensor | None:
         """The additive mask of a band piece, ``[count, 1 or H, merge*bs, (K + (merge - 1)*step)*bs]``: for
         merged rows of a sliding band each original row's ``K``-block mask at its own offset and ``-inf``
-        elsewhere (built once per batch row and reused by backward), for a shared window the rows' own masks
-        stacked (a view); ``None`` when nothing is masked."""
+        elsewhere (built once per batch row and pass, see :meth:`release`), for a shared window the rows' own masks
+        stacked; additive in ``like``'s dtype, ``None`` when nothing is masked."""
         one = _per_batch(self.mask, piece.b, heads, piece.pos)
         if piece.merge == 1 or (one is None and self.band_step == 0):
-            return one
+            return additive(one, like.dtype)
         if self.band_step == 0:  # [rows, 1 or H, bs, K*bs] -> [count, 1 or H, merge*bs, K*bs]
-            return one.transpose(0, 1).reshape(one.shape[1], piece.count, -1, one.shape[-1]).transpose(0, 1)
+            stacked = one.transpose(0, 1).reshape(one.shape[1], piece.count, -1, one.shape[-1]).transpose(0, 1)
+            return additive(stacked, like.dtype)
         key = (piece.b if self.mask is not None and self.mask.shape[0] > 1 else 0, piece.merge)
         if key not in self._merged:
             width = self.width(like.shape[0] * heads)
-            tile = torch.zeros(1, bs, width * bs, dtype=like.dtype, device=like.device) if one is None else one[0]
+            tile = (torch.zeros(1, bs, width * bs, dtype=like.dtype, device=like.device) if one is None
+                    else additive(one[0], like.dtype))
             merged = tile.new_full((tile.shape[0], piece.merge * bs, (width + piece.merge - 1) * bs), float("-inf"))
             for j in range(piece.merge):
                 merged[:, j * bs:(j + 1) * bs, j * bs:(j + width) * bs] = tile
             self._merged[key] = merged
         return self._merged[key].expand(piece.count, -1, -1, -1)
+
+    def attn_mask(self, part: slice, dtype: torch.dtype) -> torch.Tensor | None:
+        """The additive mask of the group positions ``part`` (gathered rows)."""
+        return additive(self.part(self.mask, part), dtype)
+
+    def release(self) -> None:
+        """Drop the merged band masks built for one pass (training keeps the works until backward)."""
+        self._merged.clear()
 
     def chunks(self, n: int, block_bytes: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """``(positions in the group, their query-block ids)`` of row ranges whose gathered keys and values
@@ -103,6 +115,17 @@ class GroupWork:
 
     def part(self, x: torch.Tensor | None, part: slice) -> torch.Tensor | None:
         return None if x is None else x[:, part]
+
+
+def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean mask (``True`` = allowed) as ``0`` / ``-inf`` in ``dtype``, the form PyTorch's fused CPU kernel takes;
+    dimensions the mask is expanded along (stride 0) stay expanded. Float masks and ``None`` pass unchanged."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    strides = zip(mask.stride(), mask.shape, strict=True)
+    unique = mask[tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in strides)]
+    out = torch.zeros(unique.shape, dtype=dtype, device=mask.device).masked_fill_(~unique, float("-inf"))
+    return out.expand(mask.shape)
 
 
 def _take(blocks: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -242,7 +265,7 @@ class GatheredFlashAttention(torch.autograd.Function):
                 continue
             for part, ids in work.chunks(n, block_bytes):
                 k, v = _gather(k_blocks, work, part, n), _gather(v_blocks, work, part, n)
-                o, l_part = _OPS(_rows(query, ids, bs), k, v, 0.0, False, attn_mask=work.part(work.mask, part),
+                o, l_part = _OPS(_rows(query, ids, bs), k, v, 0.0, False, attn_mask=work.attn_mask(part, query.dtype),
                                  scale=scale)
                 if work.empty is not None:
                     o = o.masked_fill(work.part(work.empty, part), 0.0)
@@ -251,6 +274,8 @@ class GatheredFlashAttention(torch.autograd.Function):
                 if lse is None:
                     lse = l_part.new_zeros(n, nq, bs)
                 lse[:, span] = l_part
+        for work in works:
+            work.release()
         ctx.save_for_backward(query, k_blocks, v_blocks, out, lse)
         ctx.works, ctx.scale, ctx.bs = works, scale, bs
         return out
@@ -283,12 +308,14 @@ class GatheredFlashAttention(torch.autograd.Function):
                     g = g.masked_fill(work.part(work.empty, part), 0.0)
                 grad_q_part, grad_k, grad_v = _BACKWARD(
                     g, _rows(query, ids, bs), k, v, out_blocks[:, :, span].reshape(n, ids.numel(), bs, -1),
-                    lse[:, span], 0.0, False, attn_mask=work.part(work.mask, part), scale=ctx.scale,
+                    lse[:, span], 0.0, False, attn_mask=work.attn_mask(part, query.dtype), scale=ctx.scale,
                 )
                 grad_q_blocks[:, :, span] = grad_q_part.view(batch, heads, *grad_q_part.shape[1:])
                 blocks = by_row[:, part].reshape(n, -1) % k_blocks.shape[2]
                 _add_blocks(grad_k_blocks, blocks, grad_k)
                 _add_blocks(grad_v_blocks, blocks, grad_v)
+        for work in works:
+            work.release()
         return grad_q[:, :, :length], grad_k_blocks, grad_v_blocks, None, None, None, None
 
 

@@ -52,13 +52,14 @@ class PlanGroup:
 
     def additive_tile_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
         """``tile_mask`` as ``0`` / ``-inf`` in ``dtype`` (what fused CPU kernels take), built once per dtype so
-        that every layer using this (cached) plan shares one tensor instead of saving its own for backward."""
+        that every layer using this (cached) plan shares one tensor instead of converting or saving its own. Kept
+        for gathered groups, whose per-row masks cost time to convert per call; bands and shared windows convert
+        theirs per call instead (one tile, or a few rows), so no float copy of them is held."""
         if self.tile_mask is None:
             return None
         if dtype not in self._additive:
-            allowed = self.tile_mask[:1] if self.band is not None and self.band_step else self.tile_mask
-            additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-            self._additive[dtype] = additive.masked_fill_(~allowed, float("-inf")).expand(self.tile_mask.shape)
+            additive = torch.zeros(self.tile_mask.shape, dtype=dtype, device=self.tile_mask.device)
+            self._additive[dtype] = additive.masked_fill_(~self.tile_mask, float("-inf"))
         return self._additive[dtype]
 
     @property
