@@ -12,6 +12,13 @@ is VmHWM minus that baseline, so it counts everything a run allocates (activatio
 kernel workspaces) and nothing allocated before (weights). Where the mark cannot be reset it falls back to
 ``ru_maxrss`` (the process's peak since start) and says so in ``method``.
 
+    with PeakAllocated() as alloc:        # PyTorch's own CPU allocations, from the profiler's memory events
+        step()
+    alloc.peak_mb, alloc.end_mb
+
+Resident-set peaks move run to run with the C library's caching of freed memory; :class:`PeakAllocated` counts
+only the bytes of PyTorch tensors alive at once, which is the same in every run of the same code.
+
     set_malloc_thresholds(mmap_threshold_mb=32, trim_threshold_mb=-1)   # glibc: fixed, see its docstring
 """
 
@@ -64,6 +71,39 @@ class PeakMemory:
         else:
             peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.growth_mb = round(max(0, peak_kb - self.baseline_kb) / 1024, 1)
+
+
+class PeakAllocated:
+    """Context manager: ``peak_mb`` = the most bytes PyTorch's CPU allocator held at once during the block,
+    minus what it held at entry; ``end_mb`` = what is still held at exit (e.g. a cache built in the block).
+
+    Read from the memory events of :class:`torch.profiler.profile` (``profile_memory=True``): every allocation
+    and free of PyTorch's CPU allocator, in order. Memory that libraries take outside it (oneDNN/MKL scratch) is
+    not counted; the C library's caching and page handling, which move resident-set peaks run to run, do not
+    enter. The profiler slows the block down, so time other runs, not this one.
+    """
+
+    def __enter__(self) -> PeakAllocated:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profile.__enter__()
+        self.peak_mb = self.end_mb = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._profile.__exit__(*exc)
+        results = getattr(self._profile.profiler, "kineto_results", None)
+        if results is None:
+            raise RuntimeError("PeakAllocated: this PyTorch build's profiler gives no memory events "
+                               "(profiler.kineto_results is missing); use PeakMemory instead")
+        events = sorted((e for e in results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"),
+                        key=lambda e: e.start_ns())
+        held = peak = 0
+        for event in events:
+            held += event.nbytes()
+            peak = max(peak, held)
+        self.peak_mb, self.end_mb = round(peak / 2**20, 2), round(held / 2**20, 2)
 
 
 def time_runs(step: Callable[[], object], warmup: int, repeats: int) -> list[float]:

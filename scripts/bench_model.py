@@ -24,7 +24,11 @@ any torch work). After the model and inputs are built the child records its resi
 the kernel's peak-RSS mark (``/proc/self/clear_refs``, "5"); ``peak_mem_mb`` is the peak RSS (VmHWM) over
 warm-up and timed runs minus that baseline, the same for dense and sparse rows (gradients, activations,
 masks and kernel workspaces count; weights do not). Where the mark cannot be reset the process's
-``ru_maxrss`` is used instead and ``memory_method`` says so.
+``ru_maxrss`` is used instead and ``memory_method`` says so. Resident-set peaks also move with glibc's caching
+of freed memory (a few percent run to run), so after the timed runs each row makes one more step under
+``hf_sparse.profiling.PeakAllocated``: ``alloc_peak_mb`` is the most bytes of PyTorch tensors alive at once in
+that step (the profiler's allocation events; the same in every run of the same code). That step starts cold:
+sparse rows drop hf_sparse's cached masks and plans first, so building them and holding them count.
 
 Rows too large for the machine are skipped, not crashed on: a row whose estimated process memory (libraries,
 weights, gradients, activations that grow with the length, LM-head logits; attention itself not counted)
@@ -196,8 +200,9 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import hf_sparse
+    from hf_sparse.kernels.plan import clear_plan_cache
     from hf_sparse.patterns import MaskContext, clear_caches, density, make_pattern
-    from hf_sparse.profiling import PeakMemory, time_runs
+    from hf_sparse.profiling import PeakAllocated, PeakMemory, time_runs
 
     torch.set_num_threads(spec["threads"])
     if spec["malloc_mmap_threshold_mb"] is not None:  # in the row's process only, the same for dense and sparse
@@ -224,6 +229,12 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     load = os.getloadavg()[0]
     with PeakMemory() as peak:
         times = time_runs(step, spec["warmup"], spec["repeats"])
+    model.zero_grad(set_to_none=True)
+    if pattern is not None:  # cold, as a first call: the plan and its masks are built and held inside the step
+        clear_caches()
+        clear_plan_cache()
+    with PeakAllocated() as alloc:
+        step()
     used = sorted({b for b in hf_sparse.last_backends(model).values() if b}) if pattern else ["sdpa"]
     tokens = tokens_of(spec["model"], spec["size"], spec["quick"])
     kept = 1.0
@@ -233,7 +244,7 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
         full = (tokens + 1) / (2 * tokens) if ctx.causal else 1.0  # share of pairs dense attention uses
         kept = density(pattern, ctx) / full
         clear_caches()
-    return {"times_s": times, "load_avg_1m": round(load, 2), "peak_mem_mb": peak.growth_mb,
+    return {"times_s": times, "load_avg_1m": round(load, 2), "peak_mem_mb": peak.growth_mb, "alloc_peak_mb": alloc.peak_mb,
             "memory_method": peak.method, "backends_used": used, "density": round(kept, 4),
             "pattern_desc": pattern.describe() if pattern else "sdpa"}
 
@@ -264,13 +275,13 @@ def finish_rows(rows: list[dict[str, Any]], cfg: BenchConfig) -> None:
         ref = dense.get((row["model"], row["mode"], row["size"]))
         ok = row["status"] == "ok" and ref is not None
         row["speedup_vs_dense"] = round(ref["time_s"] / row["time_s"], 3) if ok else None
-        row["mem_ratio_vs_dense"] = (round(row["peak_mem_mb"] / ref["peak_mem_mb"], 3)
-                                     if ok and ref["peak_mem_mb"] > 0 else None)
+        for key, ratio in (("peak_mem_mb", "mem_ratio_vs_dense"), ("alloc_peak_mb", "alloc_ratio_vs_dense")):
+            row[ratio] = round(row[key] / ref[key], 3) if ok and ref.get(key) else None
 
 
 CSV_FIELDS = ["model", "mode", "tokens", "size", "pattern", "pattern_desc", "backend", "backends_used", "density",
               "status", "reason", "time_s", "tokens_per_s", "speedup_vs_dense", "peak_mem_mb",
-              "mem_ratio_vs_dense", "est_mem_gb", "memory_method"]
+              "mem_ratio_vs_dense", "alloc_peak_mb", "alloc_ratio_vs_dense", "est_mem_gb", "memory_method"]
 
 
 def write_results(rows: list[dict[str, Any]], cfg: BenchConfig, meta: dict[str, Any]) -> tuple[Path, Path]:
@@ -292,12 +303,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'model':5} {'mode':9} {'tokens':>6} {'pattern':14} {'backend':12} {'density':>7} {'time s':>8} "
-          f"{'tok/s':>8} {'speedup':>7} {'peak MB':>8} {'mem/dense':>9}  status")
+          f"{'tok/s':>8} {'speedup':>7} {'peak MB':>8} {'mem/dense':>9} {'alloc MB':>8} {'alloc/dense':>11}  status")
     for r in rows:
         print(f"{r['model']:5} {r['mode']:9} {r['tokens']:>6} {r['pattern']:14} {'+'.join(r.get('backends_used', [])) or '-':12} "
               f"{_fmt(r.get('density'), '.1%'):>7} {_fmt(r.get('time_s'), '.3f'):>8} {_fmt(r.get('tokens_per_s'), '.0f'):>8} "
               f"{_fmt(r.get('speedup_vs_dense'), '.2f'):>7} {_fmt(r.get('peak_mem_mb'), '.0f'):>8} "
-              f"{_fmt(r.get('mem_ratio_vs_dense'), '.2f'):>9}  {r['status']}{': ' + r['reason'] if r.get('reason') else ''}")
+              f"{_fmt(r.get('mem_ratio_vs_dense'), '.2f'):>9} {_fmt(r.get('alloc_peak_mb'), '.1f'):>8} "
+              f"{_fmt(r.get('alloc_ratio_vs_dense'), '.3f'):>11}  {r['status']}{': ' + r['reason'] if r.get('reason') else ''}")
 
 
 def machine() -> dict[str, Any]:

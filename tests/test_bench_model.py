@@ -58,8 +58,11 @@ def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
         assert len(row["times_s"]) == 2 and row["time_s"] == statistics.median(row["times_s"])
         assert row["tokens_per_s"] == round(row["tokens"] / row["time_s"], 1)
         assert row["peak_mem_mb"] >= 0 and row["memory_method"].startswith(("VmHWM", "ru_maxrss"))
+        assert row["alloc_peak_mb"] > 0, "the cold step allocates activations (and, sparse, its plan)"
+        assert float(line["alloc_peak_mb"]) == row["alloc_peak_mb"]
         dense = next(r for r in rows if r["pattern"] == "dense" and (r["model"], r["mode"]) == (row["model"], row["mode"]))
         assert row["speedup_vs_dense"] == round(dense["time_s"] / row["time_s"], 3)
+        assert row["alloc_ratio_vs_dense"] == round(row["alloc_peak_mb"] / dense["alloc_peak_mb"], 3)
         assert float(line["speedup_vs_dense"]) == row["speedup_vs_dense"] and line["pattern"] == row["pattern"]
         if row["pattern"] == "dense":
             assert row["backends_used"] == ["sdpa"] and row["density"] == 1.0

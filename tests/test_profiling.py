@@ -10,7 +10,14 @@ import sys
 import pytest
 import torch
 
-from hf_sparse.profiling import PeakMemory, check_malloc_thresholds, glibc_malloc, run_isolated, time_runs
+from hf_sparse.profiling import (
+    PeakAllocated,
+    PeakMemory,
+    check_malloc_thresholds,
+    glibc_malloc,
+    run_isolated,
+    time_runs,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and forks (Linux)")
 
@@ -113,3 +120,16 @@ def test_malloc_thresholds_out_of_range_name_the_value(mmap_mb, trim_mb, match):
     with pytest.raises(ValueError, match=match):
         check_malloc_thresholds(mmap_mb, trim_mb)
     check_malloc_thresholds(None, None)  # unset: the allocator's defaults, nothing to check
+
+
+def test_peak_allocated_counts_tensors_alive_at_once_not_what_came_before():
+    before = torch.ones(1 << 20)  # 4 MiB held at entry: not counted
+    with PeakAllocated() as alloc:
+        a = torch.ones(1 << 20)    # 4 MiB
+        b = torch.ones(2 << 20)    # + 8 MiB: 12 MiB alive, the peak
+        del a
+        c = torch.ones(1 << 19)    # 8 + 2 MiB < 12
+        del b
+    assert alloc.peak_mb == pytest.approx(12.0, abs=0.01), alloc.peak_mb
+    assert alloc.end_mb == pytest.approx(2.0, abs=0.01), "c is still held"
+    del c, before
