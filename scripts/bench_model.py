@@ -4,7 +4,7 @@
     python scripts/bench_model.py --models bert --lengths 4096 8192 --patterns sliding_window
     python scripts/bench_model.py --quick                            # smoke run on tiny shapes (~1 minute)
     python scripts/bench_model.py --config my_bench.yaml --repeats 5 # settings from YAML, then the flags
-    python scripts/bench_model.py --config configs/bench/bert_long.yaml  # the long-input targets (~12 minutes)
+    python scripts/bench_model.py --config configs/bench/bert_long.yaml  # the long-input targets (~18 minutes)
 
 Models (random init, fp32, batch 1, all dropout probabilities 0): a BERT-base-shaped encoder
 (``BertConfig()`` + a classification head, positions extended with ``hf_sparse.extend_positions``), a
