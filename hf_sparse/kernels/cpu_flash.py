@@ -10,10 +10,11 @@ calls PyTorch's fused CPU flash-attention kernels directly. The output is writte
 gradients of the queries, keys and values are likewise made in the layout the model's projections passed.
 Rows of a *band* (sliding windows: consecutive rows reading consecutive key blocks, one tile mask for all) read
 their keys and values as overlapping strided views of the model's tensors instead of gathered copies, with
-the one tile mask broadcast over the rows, so inference on them allocates nothing beyond the output; they go to
-the fused kernel :data:`BAND_QUERIES` queries per row (several block rows merged under one mask). Rows of a
-*shared window* (consecutive rows reading one span of key blocks: the sequence ends of a sliding window, BigBird's
-global rows) read that span as one view and go as a single query row, each row under its own mask.
+the one tile mask broadcast over the rows, so inference on them allocates only the output and that tile's
+(additive) mask; they go to the fused kernel :data:`BAND_QUERIES` queries per row (several block rows merged
+under one mask). Rows of a *shared window* (consecutive rows reading one span of key blocks: the sequence ends
+of a sliding window, BigBird's global rows) read that span as one view and go as a single query row, each row
+under its own mask.
 Those operators are private (``aten::_scaled_dot_product_flash_attention_for_cpu`` and its backward), so
 :func:`available` guards them: without them (or with dropout, a bias that needs a gradient, or off CPU)
 the kernel takes the plain autograd path.
