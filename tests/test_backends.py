@@ -157,7 +157,7 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
 
 
 def test_additive_masks_keep_expanded_dimensions_and_pass_float_masks():
-    from hf_sparse.kernels.cpu_flash import additive
+    from hf_sparse.kernels.plan import additive
 
     allowed = torch.tensor([[True, False, True], [False, True, True]])
     expanded = allowed[None].expand(5, -1, -1)                   # one mask for 5 rows (stride 0)

@@ -107,14 +107,12 @@ def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, ba
     (:meth:`~hf_sparse.kernels.plan.PlanGroup.additive_tile_mask`); the kernel converts the rest per call."""
     q_len, bs, nr = call.ctx.q_len, plan.block_size, group.rows.numel()
     model_allowed, bias = _model_tiles(call, plan, group)
-    if fused and group.band is None and group.tile_mask is not None and model_allowed is None and bias is None:
-        empty = group.empty_rows
-        empty = _flat4(empty, batch, heads) if empty is not None and empty.dim() > 3 else empty
-        return _flat4(_lead(group.additive_tile_mask(call.query.dtype)), batch, heads), empty
     allowed = group.tile_mask
     if allowed is not None:
         allowed = _lead(allowed)
     empty = group.empty_rows
+    if fused and group.band is None and allowed is not None and model_allowed is None and bias is None:
+        allowed = _lead(group.additive_tile_mask(call.query.dtype))  # float from here: no model mask or bias below
     if model_allowed is not None:
         allowed = model_allowed if allowed is None else allowed & model_allowed
         row_any = allowed.any(dim=-1, keepdim=True)

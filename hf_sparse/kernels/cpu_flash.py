@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .plan import additive
+
 _OPS = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -116,17 +118,6 @@ class GroupWork:
 
     def part(self, x: torch.Tensor | None, part: slice) -> torch.Tensor | None:
         return None if x is None else x[:, part]
-
-
-def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """A boolean mask (``True`` = allowed) as ``0`` / ``-inf`` in ``dtype``, the form PyTorch's fused CPU kernel takes;
-    dimensions the mask is expanded along (stride 0) stay expanded. Float masks and ``None`` pass unchanged."""
-    if mask is None or mask.dtype != torch.bool:
-        return mask
-    strides = zip(mask.stride(), mask.shape, strict=True)
-    unique = mask[tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in strides)]
-    out = torch.zeros(unique.shape, dtype=dtype, device=mask.device).masked_fill_(~unique, float("-inf"))
-    return out.expand(mask.shape)
 
 
 def _take(blocks: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,17 @@ from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, block_layout,
 from ..patterns.materialize import CHUNK_ELEMENTS
 
 
+def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean mask (``True`` = allowed) as ``0`` / ``-inf`` in ``dtype``, the form PyTorch's fused CPU kernel
+    takes; dimensions the mask is expanded along (stride 0) stay expanded. Float masks and ``None`` pass unchanged."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    strides = zip(mask.stride(), mask.shape, strict=True)
+    unique = mask[tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in strides)]
+    out = torch.zeros(unique.shape, dtype=dtype, device=mask.device).masked_fill_(~unique, float("-inf"))
+    return out.expand(mask.shape)
+
+
 @dataclass(frozen=True)
 class PlanGroup:
     """Query-block rows that gather the same number of key blocks.
@@ -58,8 +69,7 @@ class PlanGroup:
         if self.tile_mask is None:
             return None
         if dtype not in self._additive:
-            additive = torch.zeros(self.tile_mask.shape, dtype=dtype, device=self.tile_mask.device)
-            self._additive[dtype] = additive.masked_fill_(~self.tile_mask, float("-inf"))
+            self._additive[dtype] = additive(self.tile_mask, dtype)
         return self._additive[dtype]
 
     @property
