@@ -26,12 +26,12 @@ def test_plan_gathers_exactly_the_active_tiles(name, options, length, bs, causal
     assert sorted(rows.tolist()) == list(range(plan.n_q_blocks)), "each query block in exactly one group"
     for group in plan.groups:
         shared = group.band is not None and group.band_step == 0  # reads its whole span, masks what it skips
+        mask = group.tile_mask  # built on access for bands and shared windows
         for r, row in enumerate(group.rows.tolist()):
             ids = [i for i in group.indices[r].tolist() if i != plan.n_kv_blocks]
             assert ids == sorted(set(ids))
             if shared:
-                ids = [i for s, i in enumerate(ids)
-                       if group.tile_mask is None or group.tile_mask[r, :, s * bs:(s + 1) * bs].any()]
+                ids = [i for s, i in enumerate(ids) if mask is None or mask[r, :, s * bs:(s + 1) * bs].any()]
             seen[row, ids] = True
     assert torch.equal(seen, layout.active)
     if plan.order is not None:

@@ -101,18 +101,21 @@ def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
 def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, batch: int, heads: int,
                 fused: bool = False):
     """``(attn_mask 4-D or None, rows to zero or None)`` for one group: pattern tiles, model mask, bias. The mask
-    is boolean (``True`` = allowed; for the pattern alone a view of the plan's tensor, shared by every layer) or,
-    with a bias, additive in the query's dtype. ``fused=True`` (PyTorch's fused CPU kernel, which takes additive
-    masks): a gathered group's pattern-only mask comes as the plan's cached additive copy
-    (:meth:`~hf_sparse.kernels.plan.PlanGroup.additive_tile_mask`); the kernel converts the rest per call."""
+    is boolean (``True`` = allowed; for the pattern alone of a gathered group a view of the plan's tensor, shared
+    by every layer) or, with a bias, additive in the query's dtype. ``fused=True`` (PyTorch's fused CPU kernel,
+    which takes additive masks) and the pattern alone: a gathered group's mask comes as the plan's cached additive
+    copy (:meth:`~hf_sparse.kernels.plan.PlanGroup.additive_tile_mask`), a band's or shared window's as its
+    :class:`~hf_sparse.kernels.plan.TileMaskRecipe`, which the kernel builds when it runs the group."""
     q_len, bs, nr = call.ctx.q_len, plan.block_size, group.rows.numel()
     model_allowed, bias = _model_tiles(call, plan, group)
-    allowed = group.tile_mask
-    if allowed is not None:
-        allowed = _lead(allowed)
     empty = group.empty_rows
-    if fused and group.band is None and allowed is not None and model_allowed is None and bias is None:
-        allowed = _lead(group.additive_tile_mask(call.query.dtype))  # float from here: no model mask or bias below
+    if fused and model_allowed is None and bias is None and group.mask is not None:
+        if group.band is not None:
+            return group.mask, empty  # a fixed plan's band or shared window: no empty rows
+        allowed = _lead(group.additive_tile_mask(call.query.dtype))
+    else:
+        allowed = group.tile_mask
+        allowed = None if allowed is None else _lead(allowed)
     if model_allowed is not None:
         allowed = model_allowed if allowed is None else allowed & model_allowed
         row_any = allowed.any(dim=-1, keepdim=True)

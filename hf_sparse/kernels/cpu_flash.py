@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .plan import additive
+from .plan import TileMaskRecipe, additive
 
 _OPS = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
@@ -55,8 +55,10 @@ class GroupWork:
         rows: ``[nr]`` query-block ids.
         index: ``[B*H*nr*K]`` flat key-block ids ``(b * H + h) * nk + block``, row-major over ``[B*H, nr, K]``.
         mask: ``[1 or B*H, nr, bs, K*bs]`` mask, boolean (``True`` = allowed) or additive in the query dtype, or
-            ``None``. Boolean masks become additive (what PyTorch's fused kernel takes) only for the call at hand
-            (:func:`additive`), so no float copy of a plan's masks outlives it.
+            the :class:`~hf_sparse.kernels.plan.TileMaskRecipe` of a band's or shared window's boolean mask (built
+            when the group runs, see :meth:`tile_mask`), or ``None``. Boolean masks become additive (what
+            PyTorch's fused kernel takes) only for the call at hand (:func:`additive`), so no float copy of a
+            plan's masks outlives it.
         empty: ``[1 or B*H, nr, bs, 1]`` bool, rows whose output is zero, or ``None``.
         band: the group's first key block if it is a band (:attr:`~hf_sparse.kernels.plan.PlanGroup.band`):
             its keys and values are read as overlapping strided views, without gathering.
@@ -66,45 +68,55 @@ class GroupWork:
 
     rows: torch.Tensor
     index: torch.Tensor
-    mask: torch.Tensor | None
+    mask: torch.Tensor | TileMaskRecipe | None
     empty: torch.Tensor | None
     band: int | None = None
     band_step: int = 1
-    _merged: dict = field(default_factory=dict, compare=False, repr=False)
+    _built: dict = field(default_factory=dict, compare=False, repr=False)
 
     def width(self, n: int) -> int:
         """``K``, the key blocks each row reads (``n = B*H``)."""
         return self.index.numel() // (n * self.rows.numel())
+
+    def tile_mask(self) -> torch.Tensor | None:
+        """``mask`` as a tensor; a recipe is built on first use and kept until :meth:`release`."""
+        if not isinstance(self.mask, TileMaskRecipe):
+            return self.mask
+        if "mask" not in self._built:
+            self._built["mask"] = self.mask.build()[None]
+        return self._built["mask"]
 
     def band_mask(self, piece: _BandPiece, heads: int, bs: int, like: torch.Tensor) -> torch.Tensor | None:
         """The additive mask of a band piece, ``[count, 1 or H, merge*bs, (K + (merge - 1)*step)*bs]``: for
         merged rows of a sliding band each original row's ``K``-block mask at its own offset and ``-inf``
         elsewhere (built once per batch row and pass, see :meth:`release`), for a shared window the rows' own masks
         stacked; additive in ``like``'s dtype, ``None`` when nothing is masked."""
-        one = _per_batch(self.mask, piece.b, heads, piece.pos)
+        mask = self.tile_mask()
+        one = _per_batch(mask, piece.b, heads, piece.pos)
         if piece.merge == 1 or (one is None and self.band_step == 0):
             return additive(one, like.dtype)
         if self.band_step == 0:  # [rows, 1 or H, bs, K*bs] -> [count, 1 or H, merge*bs, K*bs]
             stacked = one.transpose(0, 1).reshape(one.shape[1], piece.count, -1, one.shape[-1]).transpose(0, 1)
             return additive(stacked, like.dtype)
-        key = (piece.b if self.mask is not None and self.mask.shape[0] > 1 else 0, piece.merge)
-        if key not in self._merged:
+        key = (piece.b if mask is not None and mask.shape[0] > 1 else 0, piece.merge)
+        if key not in self._built:
             width = self.width(like.shape[0] * heads)
             tile = (torch.zeros(1, bs, width * bs, dtype=like.dtype, device=like.device) if one is None
                     else additive(one[0], like.dtype))
             merged = tile.new_full((tile.shape[0], piece.merge * bs, (width + piece.merge - 1) * bs), float("-inf"))
             for j in range(piece.merge):
                 merged[:, j * bs:(j + 1) * bs, j * bs:(j + width) * bs] = tile
-            self._merged[key] = merged
-        return self._merged[key].expand(piece.count, -1, -1, -1)
+            self._built[key] = merged
+        return self._built[key].expand(piece.count, -1, -1, -1)
 
     def attn_mask(self, part: slice, dtype: torch.dtype) -> torch.Tensor | None:
         """The additive mask of the group positions ``part`` (gathered rows)."""
-        return additive(self.part(self.mask, part), dtype)
+        return additive(self.part(self.tile_mask(), part), dtype)
 
     def release(self) -> None:
-        """Drop the merged band masks built for one pass (training keeps the works until backward)."""
-        self._merged.clear()
+        """Drop the masks built for one pass over the group (training keeps the works until backward, which
+        builds them again)."""
+        self._built.clear()
 
     def chunks(self, n: int, block_bytes: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """``(positions in the group, their query-block ids)`` of row ranges whose gathered keys and values
@@ -212,7 +224,8 @@ def _band_pieces(work: GroupWork, batch: int, heads: int, bs: int, block_bytes: 
     if move == 0:
         merge = nr if work.empty is None else 1
     else:
-        one_mask = work.empty is None and (work.mask is None or work.mask.stride(1) == 0)
+        mask = work.tile_mask()
+        one_mask = work.empty is None and (mask is None or mask.stride(1) == 0)
         merge = max(1, BAND_QUERIES // bs) if one_mask else 1
     row0 = int(work.rows[0])
     for b in range(batch):
@@ -246,27 +259,12 @@ class GatheredFlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, k_blocks, v_blocks, works, scale, bs, nq):
         batch, heads = query.shape[:2]
-        n = batch * heads
         out = query.new_empty(batch, nq * bs, heads, v_blocks.shape[-1])  # the groups write every query block
-        out_blocks = _blocks_view(out, heads, bs)
         lse = None
         block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
         for work in works:
-            if work.band is not None:
-                lse = _band_forward(query, k_blocks, v_blocks, work, scale, bs, out, lse, nq, block_bytes)
-                continue
-            for part, ids in work.chunks(n, block_bytes):
-                k, v = _gather(k_blocks, work, part, n), _gather(v_blocks, work, part, n)
-                o, l_part = _OPS(_rows(query, ids, bs), k, v, 0.0, False, attn_mask=work.attn_mask(part, query.dtype),
-                                 scale=scale)
-                if work.empty is not None:
-                    o = o.masked_fill(work.part(work.empty, part), 0.0)
-                span = _span(ids)
-                out_blocks[:, :, span] = o.view(batch, heads, *o.shape[1:])
-                if lse is None:
-                    lse = l_part.new_zeros(n, nq, bs)
-                lse[:, span] = l_part
-        for work in works:
+            run = _band_forward if work.band is not None else _gathered_forward
+            lse = run(query, k_blocks, v_blocks, work, scale, bs, out, lse, nq, block_bytes)
             work.release()
         ctx.save_for_backward(query, k_blocks, v_blocks, out, lse)
         ctx.works, ctx.scale, ctx.bs = works, scale, bs
@@ -275,40 +273,17 @@ class GatheredFlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         query, k_blocks, v_blocks, out, lse = ctx.saved_tensors
-        works, bs = ctx.works, ctx.bs
         grad_out = grad_out.contiguous()
-        batch, heads, length, dim = query.shape
-        n = batch * heads
-        grad_blocks = _blocks_view(grad_out, heads, bs)
-        out_blocks = _blocks_view(out, heads, bs)
         # gradients in the inputs' memory layout (the model's [B, L, H, D]): its transposes back are free views
         grad_q = _empty_in_layout(query, out.shape[1])  # every query block written below
-        grad_q_blocks = grad_q.unflatten(2, (-1, bs))
         grad_k_blocks, grad_v_blocks = torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
         block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
-        for work in works:
-            if work.band is not None:
-                _band_backward(ctx, query, k_blocks, v_blocks, work, grad_out, out, lse, grad_q, grad_k_blocks,
-                               grad_v_blocks, block_bytes)
-                continue
-            by_row = work.index.view(n, work.rows.numel(), -1)
-            for part, ids in work.chunks(n, block_bytes):
-                k, v = _gather(k_blocks, work, part, n), _gather(v_blocks, work, part, n)
-                span = _span(ids)
-                g = grad_blocks[:, :, span].reshape(n, ids.numel(), bs, -1)
-                if work.empty is not None:
-                    g = g.masked_fill(work.part(work.empty, part), 0.0)
-                grad_q_part, grad_k, grad_v = _BACKWARD(
-                    g, _rows(query, ids, bs), k, v, out_blocks[:, :, span].reshape(n, ids.numel(), bs, -1),
-                    lse[:, span], 0.0, False, attn_mask=work.attn_mask(part, query.dtype), scale=ctx.scale,
-                )
-                grad_q_blocks[:, :, span] = grad_q_part.view(batch, heads, *grad_q_part.shape[1:])
-                blocks = by_row[:, part].reshape(n, -1) % k_blocks.shape[2]
-                _add_blocks(grad_k_blocks, blocks, grad_k)
-                _add_blocks(grad_v_blocks, blocks, grad_v)
-        for work in works:
+        for work in ctx.works:
+            run = _band_backward if work.band is not None else _gathered_backward
+            run(ctx, query, k_blocks, v_blocks, work, grad_out, out, lse, grad_q, grad_k_blocks, grad_v_blocks,
+                block_bytes)
             work.release()
-        return grad_q[:, :, :length], grad_k_blocks, grad_v_blocks, None, None, None, None
+        return grad_q[:, :, :query.shape[2]], grad_k_blocks, grad_v_blocks, None, None, None, None
 
 
 def _empty_in_layout(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -327,6 +302,52 @@ def _add_blocks(target: torch.Tensor, blocks: torch.Tensor, grads: torch.Tensor)
     per_head = grads.reshape(blocks.shape[0], -1, bs, dim)
     for i in range(blocks.shape[0]):
         target[i // heads, i % heads].index_add_(0, blocks[i], per_head[i])
+
+
+def _gathered_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse, nq: int,
+                      block_bytes: int):
+    """Forward of a gathered group (as :func:`_band_forward`), in chunks of rows whose gathered copies stay under
+    :data:`CHUNK_BYTES`."""
+    batch, heads = query.shape[:2]
+    n = batch * heads
+    out_blocks = _blocks_view(out, heads, bs)
+    for part, ids in work.chunks(n, block_bytes):
+        k, v = _gather(k_blocks, work, part, n), _gather(v_blocks, work, part, n)
+        o, l_part = _OPS(_rows(query, ids, bs), k, v, 0.0, False, attn_mask=work.attn_mask(part, query.dtype),
+                         scale=scale)
+        if work.empty is not None:
+            o = o.masked_fill(work.part(work.empty, part), 0.0)
+        span = _span(ids)
+        out_blocks[:, :, span] = o.view(batch, heads, *o.shape[1:])
+        if lse is None:
+            lse = l_part.new_zeros(n, nq, bs)
+        lse[:, span] = l_part
+    return lse
+
+
+def _gathered_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, out, lse, grad_q, grad_k_blocks,
+                       grad_v_blocks, block_bytes: int) -> None:
+    """Backward of a gathered group (as :func:`_band_backward`): the blocks are gathered again, their key/value
+    gradients added back per batch row and head."""
+    batch, heads = query.shape[:2]
+    n, bs = batch * heads, ctx.bs
+    grad_blocks, out_blocks = _blocks_view(grad_out, heads, bs), _blocks_view(out, heads, bs)
+    grad_q_blocks = grad_q.unflatten(2, (-1, bs))
+    by_row = work.index.view(n, work.rows.numel(), -1)
+    for part, ids in work.chunks(n, block_bytes):
+        k, v = _gather(k_blocks, work, part, n), _gather(v_blocks, work, part, n)
+        span = _span(ids)
+        g = grad_blocks[:, :, span].reshape(n, ids.numel(), bs, -1)
+        if work.empty is not None:
+            g = g.masked_fill(work.part(work.empty, part), 0.0)
+        grad_q_part, grad_k, grad_v = _BACKWARD(
+            g, _rows(query, ids, bs), k, v, out_blocks[:, :, span].reshape(n, ids.numel(), bs, -1),
+            lse[:, span], 0.0, False, attn_mask=work.attn_mask(part, query.dtype), scale=ctx.scale,
+        )
+        grad_q_blocks[:, :, span] = grad_q_part.view(batch, heads, *grad_q_part.shape[1:])
+        blocks = by_row[:, part].reshape(n, -1) % k_blocks.shape[2]
+        _add_blocks(grad_k_blocks, blocks, grad_k)
+        _add_blocks(grad_v_blocks, blocks, grad_v)
 
 
 def _band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse, nq: int, block_bytes: int):
