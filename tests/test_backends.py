@@ -74,9 +74,10 @@ def test_backend_forward_only_inference(backend):
 
 def test_blocksparse_cpu_training_path_in_small_chunks(monkeypatch):
     """The memory-lean CPU path (re-gathering in backward) processed in many small chunks still matches."""
-    from hf_sparse.kernels import cpu_flash
+    from hf_sparse.kernels import cpu_band, cpu_work
 
-    monkeypatch.setattr(cpu_flash, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(cpu_work, "CHUNK_BYTES", 1)  # gathered rows
+    monkeypatch.setattr(cpu_band, "CHUNK_BYTES", 1)  # band pieces in backward
     for case in CASES[:12]:
         call = case.call()
         out, _ = BACKENDS["blocksparse"].run(call)
@@ -119,7 +120,7 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     """Sliding-window rows (the interior band and the shared windows at either end) are read as strided views,
     not gathered; forward and gradients still equal the reference (batch 2, grouped-query heads, padding, a
     partial last block, which alone is gathered)."""
-    from hf_sparse.kernels import AttentionCall, cpu_flash
+    from hf_sparse.kernels import AttentionCall, cpu_band, cpu_flash
     from hf_sparse.patterns import MaskContext, make_pattern
 
     gathered = []
@@ -127,8 +128,8 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     monkeypatch.setattr(cpu_flash, "_gather", lambda blocks, work, part, n: gathered.append(
         part.stop - part.start) or real_gather(blocks, work, part, n))
     band_queries = []
-    real_pieces = cpu_flash._band_pieces
-    monkeypatch.setattr(cpu_flash, "_band_pieces", lambda *a, **kw: [
+    real_pieces = cpu_band._band_pieces
+    monkeypatch.setattr(cpu_band, "_band_pieces", lambda *a, **kw: [
         band_queries.append((p.step, p.merge * 64)) or p for p in real_pieces(*a, **kw)])
     gen = torch.Generator().manual_seed(3)
     length = 1000
@@ -151,7 +152,7 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     # unpadded band rows share one mask: merged BAND_QUERIES (256) queries per call, the leftover rows one by
     # one; with padding each row's mask differs and rows go one by one
     sliding = {queries for step, queries in band_queries if step == 1}
-    assert sliding == ({64} if padded else {64, cpu_flash.BAND_QUERIES}), band_queries
+    assert sliding == ({64} if padded else {64, cpu_band.BAND_QUERIES}), band_queries
     # a shared window's two rows go as one 128-query call, unless padding leaves rows to zero
     assert {queries for step, queries in band_queries if step == 0} == ({64} if padded else {128}), band_queries
 

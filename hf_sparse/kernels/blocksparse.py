@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cpu_flash
+from . import cpu_flash, cpu_work
 from .call import AttentionCall, additive_bias, expand_kv_heads
 from .plan import BlockSparsePlan, PlanGroup, dynamic_plan, static_plan
 
@@ -154,9 +154,9 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     k_blocks = _pad_rows(key, nk * bs).view(batch, heads, nk, bs, dim)
     v_blocks = _pad_rows(value, nk * bs).view(batch, heads, nk, bs, dim_v)
     bias_needs_grad = any(t is not None and t.requires_grad for t in (call.attention_mask, call.position_bias))
-    if cpu_flash.available(query, call.dropout_p, dim_v, bias_needs_grad):
+    if cpu_work.available(query, call.dropout_p, dim_v, bias_needs_grad):
         unit_stride = query.stride(-1) == k_blocks.stride(-1) == v_blocks.stride(-1) == 1  # bands read views
-        works = [cpu_flash.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
+        works = [cpu_work.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
                                      *_group_mask(call, plan, group, batch, heads, fused=True),
                                      band=group.band if unit_stride else None, band_step=group.band_step)
                  for group in plan.groups]

@@ -1,0 +1,182 @@
+"""Band rows of the fused CPU kernel: sliding windows and shared windows read their keys as views.
+
+Rows of a *band* (sliding windows: consecutive rows reading consecutive key blocks, one tile mask for all) read
+their keys and values as overlapping strided views of the model's tensors instead of gathered copies, with
+the one tile mask broadcast over the rows, so inference on them allocates only the output and that tile's
+(additive) mask; they go to the fused kernel :data:`BAND_QUERIES` queries per row (several block rows merged
+under one mask). Rows of a *shared window* (consecutive rows reading one span of key blocks: the sequence ends
+of a sliding window, BigBird's global rows) read that span as one view and go as a single query row, each row
+under its own mask. Called by :class:`~hf_sparse.kernels.cpu_flash.GatheredFlashAttention`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cpu_work import CHUNK_BYTES, FLASH, FLASH_BACKWARD, GroupWork
+from .plan import additive
+
+
+def _band_view(x: torch.Tensor, b: int, first: int, rows: int, blocks: int, bs: int, step: int = 1) -> torch.Tensor:
+    """Rows ``i < rows`` of a band, each reading blocks ``first + i*step .. first + i*step + blocks - 1`` of batch
+    ``b`` of ``x [B, H, L, D]`` (token stride ``x.stride(2)``): an overlapping ``[rows, H, blocks*bs, D]`` view, no
+    copy."""
+    s_batch, s_head, s_token, _ = x.stride()
+    return x.as_strided((rows, x.shape[1], blocks * bs, x.shape[3]), (step * bs * s_token, s_head, s_token, 1),
+                        x.storage_offset() + b * s_batch + first * bs * s_token)
+
+
+#: Band rows go to the fused kernel ``BAND_QUERIES // bs`` at a time, merged into one query row of
+#: ``BAND_QUERIES`` tokens that reads ``K + merge - 1`` key blocks (each original row keeps its own ``K`` under
+#: the mask). Chosen by A/B timing on the 2-core x86_64 CPU: PyTorch's CPU flash kernel ran merged 256-query rows
+#: faster than 128-query rows in training at 8,192 tokens, though they compute 11% more pairs; inference and 4,096
+#: tokens were equal within noise, and 384 or 512 queries per call were slower. Model-level rows with it:
+#: results/bench_model/bench_model.csv (before it: results/bench_model/quiet_before_merge/).
+BAND_QUERIES = 256
+
+
+@dataclass(frozen=True)
+class _BandPiece:
+    """``count`` merged rows of ``merge`` band rows each, of batch row ``b``: query blocks ``row0 ..
+    row0 + count*merge - 1`` (the band's positions ``pos``); merged row ``i`` reads the :meth:`slots`
+    key blocks from ``first + i*merge*step`` (``step`` = the band's :attr:`GroupWork.band_step`)."""
+
+    b: int
+    pos: slice
+    row0: int
+    first: int
+    count: int
+    merge: int
+    step: int = 1
+
+    def slots(self, width: int) -> int:
+        """Key blocks one merged row reads: the band's ``K`` plus the window's moves over the merged rows."""
+        return width + (self.merge - 1) * self.step
+
+    def queries(self, x: torch.Tensor, bs: int) -> torch.Tensor:
+        return _band_view(x, self.b, self.row0, self.count, self.merge, bs, self.merge)
+
+    def keys(self, x: torch.Tensor, width: int, bs: int) -> torch.Tensor:
+        return _band_view(x, self.b, self.first, self.count, self.slots(width), bs, self.merge * self.step)
+
+    def tokens(self, bs: int) -> slice:
+        return slice(self.row0 * bs, (self.row0 + self.count * self.merge) * bs)
+
+
+def _band_pieces(work: GroupWork, batch: int, heads: int, bs: int, block_bytes: int, backward: bool):
+    """The band's calls: sliding rows merged :data:`BAND_QUERIES` queries at a time when they share one mask
+    (the leftover rows, and bands whose rows' masks differ, e.g. with padding, go one row per query row); a
+    shared window's rows all merged into one query row (merging adds no pairs there) unless some rows must be
+    zeroed; backward pieces keep the key/value gradients under :data:`CHUNK_BYTES`."""
+    nr, width, move = work.rows.numel(), work.width(batch * heads), work.band_step
+    if move == 0:
+        merge = nr if work.empty is None else 1
+    else:
+        mask = work.tile_mask()
+        one_mask = work.empty is None and (mask is None or mask.stride(1) == 0)
+        merge = max(1, BAND_QUERIES // bs) if one_mask else 1
+    row0 = int(work.rows[0])
+    for b in range(batch):
+        start = 0
+        for f, stop in ((merge, nr - nr % merge), (1, nr)):
+            per_call = 2 * (width + (f - 1) * move) * heads * block_bytes
+            step = max(1, CHUNK_BYTES // per_call) * f if backward else stop - start
+            for lo in range(start, stop, max(step, 1)):
+                hi = min(lo + step, stop)
+                yield _BandPiece(b, slice(lo, hi), row0 + lo, work.band + lo * move, (hi - lo) // f, f, move)
+            start = stop
+
+
+def _per_batch(x: torch.Tensor | None, b: int, heads: int, part: slice) -> torch.Tensor | None:
+    """A ``[1 or B*H, nr, ...]`` mask/flag as the band kernel's ``[rows, 1 or H, ...]`` (a view)."""
+    if x is None:
+        return None
+    x = x if x.shape[0] == 1 else x[b * heads:(b + 1) * heads]
+    return x[:, part].transpose(0, 1)
+
+
+def _band_mask(work: GroupWork, piece: _BandPiece, heads: int, bs: int, like: torch.Tensor) -> torch.Tensor | None:
+    """The additive mask of a band piece, ``[count, 1 or H, merge*bs, (K + (merge - 1)*step)*bs]``: for
+    merged rows of a sliding band each original row's ``K``-block mask at its own offset and ``-inf``
+    elsewhere (built once per batch row and pass, see :meth:`GroupWork.release`), for a shared window the rows'
+    own masks stacked; additive in ``like``'s dtype, ``None`` when nothing is masked."""
+    mask = work.tile_mask()
+    one = _per_batch(mask, piece.b, heads, piece.pos)
+    if piece.merge == 1 or (one is None and work.band_step == 0):
+        return additive(one, like.dtype)
+    if work.band_step == 0:  # [rows, 1 or H, bs, K*bs] -> [count, 1 or H, merge*bs, K*bs]
+        stacked = one.transpose(0, 1).reshape(one.shape[1], piece.count, -1, one.shape[-1]).transpose(0, 1)
+        return additive(stacked, like.dtype)
+    key = (piece.b if mask is not None and mask.shape[0] > 1 else 0, piece.merge)
+
+    def build() -> torch.Tensor:
+        width = work.width(like.shape[0] * heads)
+        tile = (torch.zeros(1, bs, width * bs, dtype=like.dtype, device=like.device) if one is None
+                else additive(one[0], like.dtype))
+        merged = tile.new_full((tile.shape[0], piece.merge * bs, (width + piece.merge - 1) * bs), float("-inf"))
+        for j in range(piece.merge):
+            merged[:, j * bs:(j + 1) * bs, j * bs:(j + width) * bs] = tile
+        return merged
+
+    return work.cached(key, build).expand(piece.count, -1, -1, -1)
+
+
+def band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse, nq: int, block_bytes: int):
+    """Forward of a band group into ``out [B, nq*bs, H, D]`` and ``lse [B*H, nq, bs]`` (created if ``None``)."""
+    batch, heads = query.shape[:2]
+    keys, values = _flat_blocks(k_blocks), _flat_blocks(v_blocks)
+    width = work.width(batch * heads)
+    for piece in _band_pieces(work, batch, heads, bs, block_bytes, backward=False):
+        b, count, rows = piece.b, piece.count, piece.count * piece.merge
+        o, l_part = FLASH(piece.queries(query, bs), piece.keys(keys, width, bs), piece.keys(values, width, bs), 0.0,
+                         False, attn_mask=_band_mask(work, piece, heads, bs, query), scale=scale)
+        empty = _per_batch(work.empty, b, heads, piece.pos)  # only unmerged pieces have empty rows
+        if empty is not None:
+            o = o.masked_fill(empty, 0.0)
+        out[b, piece.tokens(bs)].view(count, -1, heads, o.shape[-1]).copy_(o.transpose(1, 2))
+        if lse is None:
+            lse = l_part.new_zeros(batch * heads, nq, bs)
+        lse[b * heads:(b + 1) * heads, piece.row0:piece.row0 + rows] = l_part.transpose(0, 1).reshape(heads, rows, bs)
+    return lse
+
+
+def band_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, out, lse, grad_q, grad_k_blocks,
+                   grad_v_blocks, block_bytes: int) -> None:
+    """Backward of a band group: query gradients into ``grad_q [B, H, L', D]``; key/value gradients of slot
+    ``s`` of merged rows ``i`` land on the blocks ``first + s + i*merge`` (one strided add per slot), a shared
+    window's on ``first + s`` (summed over the rows)."""
+    batch, heads = query.shape[:2]
+    bs = ctx.bs
+    keys, values = _flat_blocks(k_blocks), _flat_blocks(v_blocks)
+    width = work.width(batch * heads)
+    for piece in _band_pieces(work, batch, heads, bs, block_bytes, backward=True):
+        b, count, rows, tokens = piece.b, piece.count, piece.count * piece.merge, piece.tokens(bs)
+        g = grad_out[b, tokens].view(count, -1, heads, grad_out.shape[-1]).transpose(1, 2)
+        empty = _per_batch(work.empty, b, heads, piece.pos)
+        if empty is not None:
+            g = g.masked_fill(empty, 0.0)
+        grad_q_part, grad_k, grad_v = FLASH_BACKWARD(
+            g, piece.queries(query, bs), piece.keys(keys, width, bs), piece.keys(values, width, bs),
+            out[b, tokens].view(count, -1, heads, out.shape[-1]).transpose(1, 2),
+            lse[b * heads:(b + 1) * heads, piece.row0:piece.row0 + rows].reshape(heads, count, -1).transpose(0, 1),
+            0.0, False, attn_mask=_band_mask(work, piece, heads, bs, query), scale=ctx.scale,
+        )
+        grad_q[b, :, tokens] = grad_q_part.transpose(0, 1).reshape(heads, rows * bs, -1)
+        slots = piece.slots(width)
+        for grads, target in ((grad_k, grad_k_blocks), (grad_v, grad_v_blocks)):
+            per_slot = grads.unflatten(2, (slots, bs))                       # [count, H, slots, bs, D]
+            if piece.step == 0:
+                target[b, :, piece.first:piece.first + slots] += per_slot.sum(0)
+                continue
+            for slot in range(slots):
+                start = piece.first + slot
+                target[b, :, start:start + rows:piece.merge] += per_slot[:, :, slot].transpose(0, 1)
+
+
+def _flat_blocks(blocks: torch.Tensor) -> torch.Tensor:
+    """``[B, H, nk, bs, D]`` block view -> the ``[B, H, nk*bs, D]`` view it came from (no copy)."""
+    batch, heads, nk, bs, dim = blocks.shape
+    return blocks.as_strided((batch, heads, nk * bs, dim), (blocks.stride(0), blocks.stride(1), blocks.stride(3),
+                                                            blocks.stride(4)), blocks.storage_offset())
