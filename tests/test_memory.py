@@ -8,8 +8,8 @@ from transformers import BertConfig, BertForSequenceClassification
 import hf_sparse
 
 
-def _bert(length: int, train: bool) -> BertForSequenceClassification:
-    config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+def _bert(length: int, train: bool, layers: int = 2, heads: int = 4) -> BertForSequenceClassification:
+    config = BertConfig(hidden_size=128, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=256,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=length,
                         vocab_size=1000, attn_implementation="sdpa")
     torch.manual_seed(0)
@@ -78,13 +78,15 @@ def test_a_patched_model_keeps_no_masks_between_calls():
 
 
 def test_training_keeps_no_more_than_dense_until_backward():
-    """Between a training forward and its backward, block-sparse attention holds what dense SDPA holds: its
-    tile masks are built again in backward instead of being kept per layer."""
-    length = 2048
-    model = _bert(length, train=True)
+    """Between a training forward and its backward, block-sparse attention holds what dense SDPA holds, within the
+    0.01 MB the measure rounds to (the cached plan's index tables, about 2 KB here): tile masks are built again
+    in backward instead of being kept per layer, and bands keep no gather table until backward (their keys are
+    views; those tables held 0.08 MB more here, 0.64 MB in the BERT-base benchmark at 8,192 tokens)."""
+    length = 4096
+    model = _bert(length, train=True, layers=4, heads=16)
     ids = torch.randint(5, 1000, (1, length), generator=torch.Generator().manual_seed(0))
     dense = _held_after_cold_forward(model, ids, torch.tensor([1]))
     hf_sparse.patch_model(model, "sliding_window", window=256, backend="blocksparse")
     sparse = _held_after_cold_forward(model, ids, torch.tensor([1]))
     assert hf_sparse.last_backends(model) and set(hf_sparse.last_backends(model).values()) == {"blocksparse"}
-    assert sparse <= dense, f"sparse holds {sparse:.2f} MB until backward, dense SDPA {dense:.2f} MB"
+    assert sparse <= dense + 0.01, f"sparse holds {sparse:.2f} MB until backward, dense SDPA {dense:.2f} MB"

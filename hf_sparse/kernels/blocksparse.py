@@ -156,10 +156,13 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     bias_needs_grad = any(t is not None and t.requires_grad for t in (call.attention_mask, call.position_bias))
     if cpu_work.available(query, call.dropout_p, dim_v, bias_needs_grad):
         unit_stride = query.stride(-1) == k_blocks.stride(-1) == v_blocks.stride(-1) == 1  # bands read views
-        works = [cpu_work.GroupWork(group.rows, (base + group.gather_indices(nk)).reshape(-1),
-                                     *_group_mask(call, plan, group, batch, heads, fused=True),
-                                     band=group.band if unit_stride else None, band_step=group.band_step)
-                 for group in plan.groups]
+        works = []
+        for group in plan.groups:
+            band = group.band if unit_stride else None
+            index = None if band is not None else (base + group.gather_indices(nk)).reshape(-1)
+            works.append(cpu_work.GroupWork(group.rows, group.slots, index,
+                                            *_group_mask(call, plan, group, batch, heads, fused=True),
+                                            band=band, band_step=group.band_step))
         out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
         return out[:, :q_len].transpose(1, 2), None  # [B, Lq, H, D] storage: the model's transpose is free
     q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)

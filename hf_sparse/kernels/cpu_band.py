@@ -70,7 +70,7 @@ def _band_pieces(work: GroupWork, batch: int, heads: int, bs: int, block_bytes: 
     (the leftover rows, and bands whose rows' masks differ, e.g. with padding, go one row per query row); a
     shared window's rows all merged into one query row (merging adds no pairs there) unless some rows must be
     zeroed; backward pieces keep the key/value gradients under :data:`CHUNK_BYTES`."""
-    nr, width, move = work.rows.numel(), work.width(batch * heads), work.band_step
+    nr, width, move = work.rows.numel(), work.slots, work.band_step
     if move == 0:
         merge = nr if work.empty is None else 1
     else:
@@ -112,7 +112,7 @@ def _band_mask(work: GroupWork, piece: _BandPiece, heads: int, bs: int, like: to
     key = (piece.b if mask is not None and mask.shape[0] > 1 else 0, piece.merge)
 
     def build() -> torch.Tensor:
-        width = work.width(like.shape[0] * heads)
+        width = work.slots
         tile = (torch.zeros(1, bs, width * bs, dtype=like.dtype, device=like.device) if one is None
                 else additive(one[0], like.dtype))
         merged = tile.new_full((tile.shape[0], piece.merge * bs, (width + piece.merge - 1) * bs), float("-inf"))
@@ -127,7 +127,7 @@ def band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out
     """Forward of a band group into ``out [B, nq*bs, H, D]`` and ``lse [B*H, nq, bs]`` (created if ``None``)."""
     batch, heads = query.shape[:2]
     keys, values = _flat_blocks(k_blocks), _flat_blocks(v_blocks)
-    width = work.width(batch * heads)
+    width = work.slots
     for piece in _band_pieces(work, batch, heads, bs, block_bytes, backward=False):
         b, count, rows = piece.b, piece.count, piece.count * piece.merge
         o, l_part = FLASH(piece.queries(query, bs), piece.keys(keys, width, bs), piece.keys(values, width, bs), 0.0,
@@ -150,7 +150,7 @@ def band_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, out
     batch, heads = query.shape[:2]
     bs = ctx.bs
     keys, values = _flat_blocks(k_blocks), _flat_blocks(v_blocks)
-    width = work.width(batch * heads)
+    width = work.slots
     for piece in _band_pieces(work, batch, heads, bs, block_bytes, backward=True):
         b, count, rows, tokens = piece.b, piece.count, piece.count * piece.merge, piece.tokens(bs)
         g = grad_out[b, tokens].view(count, -1, heads, grad_out.shape[-1]).transpose(1, 2)

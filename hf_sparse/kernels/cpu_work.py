@@ -39,7 +39,10 @@ class GroupWork:
 
     Attributes:
         rows: ``[nr]`` query-block ids.
-        index: ``[B*H*nr*K]`` flat key-block ids ``(b * H + h) * nk + block``, row-major over ``[B*H, nr, K]``.
+        slots: ``K``, the key blocks each row reads.
+        index: ``[B*H*nr*K]`` flat key-block ids ``(b * H + h) * nk + block``, row-major over ``[B*H, nr, K]``, for
+            gathered groups; ``None`` for bands, which read their keys as views (training keeps the works until
+            backward: a band's table would be held per layer for nothing).
         mask: ``[1 or B*H, nr, bs, K*bs]`` mask, boolean (``True`` = allowed) or additive in the query dtype, or
             the :class:`~hf_sparse.kernels.plan.TileMaskRecipe` of a band's or shared window's boolean mask (built
             when the group runs, see :meth:`tile_mask`), or ``None``. Boolean masks become additive (what
@@ -53,16 +56,13 @@ class GroupWork:
     """
 
     rows: torch.Tensor
-    index: torch.Tensor
+    slots: int
+    index: torch.Tensor | None
     mask: torch.Tensor | TileMaskRecipe | None
     empty: torch.Tensor | None
     band: int | None = None
     band_step: int = 1
     _built: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def width(self, n: int) -> int:
-        """``K``, the key blocks each row reads (``n = B*H``)."""
-        return self.index.numel() // (n * self.rows.numel())
 
     def cached(self, key: object, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``build()``, made once per pass over the group (kept until :meth:`release`)."""
@@ -89,7 +89,7 @@ class GroupWork:
         """``(positions in the group, their query-block ids)`` of row ranges whose gathered keys and values
         stay under :data:`CHUNK_BYTES`."""
         nr = self.rows.numel()
-        per_row = 2 * (self.index.numel() // nr) * block_bytes
+        per_row = 2 * n * self.slots * block_bytes
         step = max(1, min(nr, CHUNK_BYTES // max(per_row, 1)))
         for start in range(0, nr, step):
             part = slice(start, min(start + step, nr))
