@@ -168,3 +168,46 @@ def test_additive_masks_keep_expanded_dimensions_and_pass_float_masks():
     assert torch.equal(out, want.expand(5, -1, -1))
     bias = torch.randn(2, 3)
     assert additive(bias, torch.float32) is bias and additive(None, torch.float32) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("model_mask", [None, "padding", "rows", "bias"])
+def test_blocksparse_inference_band_rows_take_the_matmul_path_and_equal_reference(dtype, model_mask, monkeypatch):
+    """Without autograd, sliding band rows of fp32/fp64 queries go through batched matmuls + softmax (no
+    log-sum-exp) instead of the fused kernel and still equal the reference: one shared tile mask, a key-padding
+    mask (per-batch masks), a per-query boolean mask that empties some rows (zeroed), an additive bias; half types
+    stay on the fused kernel (tolerance 3e-2)."""
+    from hf_sparse.kernels import AttentionCall, cpu_band
+    from hf_sparse.patterns import MaskContext, make_pattern
+
+    rows_by_matmul = []
+    real = cpu_band._band_matmul
+    monkeypatch.setattr(cpu_band, "_band_matmul", lambda q, k, v, work, *a: rows_by_matmul.append(
+        work.rows.numel()) or real(q, k, v, work, *a))
+    gen = torch.Generator().manual_seed(5)
+    batch, length = 2, 640
+    q, k, v = (torch.randn(batch, 4, length, 32, generator=gen).to(dtype) for _ in range(3))
+    mask = bias = None
+    if model_mask == "padding":
+        mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+        mask[1, ..., 500:] = False
+    elif model_mask == "rows":  # batch row 1: queries 200-263 see only keys >= 600, outside their window
+        mask = torch.ones(batch, 1, length, length, dtype=torch.bool)
+        mask[1, :, 200:264, :600] = False
+    elif model_mask == "bias":
+        bias = torch.randn(1, 4, length, length, generator=gen).to(dtype)
+    call = AttentionCall(q, k, v, make_pattern("sliding_window", window=90), MaskContext.for_length(length),
+                         attention_mask=mask, position_bias=bias, block_size=64)
+    with torch.no_grad():
+        out, _ = BACKENDS["blocksparse"].run(call)
+    want, _ = reference_attention(AttentionCall(q.double(), k.double(), v.double(), call.pattern, call.ctx,
+                                                attention_mask=mask, block_size=64,
+                                                position_bias=None if bias is None else bias.double()))
+    tol = FP32_TOL if dtype != torch.bfloat16 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out.double(), want, **tol)
+    if model_mask == "rows":
+        assert out[1, :, 200:264].abs().max() == 0, "rows the masks leave with no key are zero"
+    if dtype == torch.bfloat16:
+        assert rows_by_matmul == [], "half types stay on the fused kernel"
+    else:
+        assert sum(rows_by_matmul) >= 5, f"band rows on the matmul path per batch: {rows_by_matmul}"

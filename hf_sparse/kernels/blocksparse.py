@@ -163,7 +163,11 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
             works.append(cpu_work.GroupWork(group.rows, group.slots, index,
                                             *_group_mask(call, plan, group, batch, heads, fused=True),
                                             band=band, band_step=group.band_step))
-        out = cpu_flash.GatheredFlashAttention.apply(query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
+        args = (query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
+        if call.needs_grad:
+            out = cpu_flash.GatheredFlashAttention.apply(*args)
+        else:  # nothing to differentiate: no log-sum-exp kept, band rows may take the matmul path
+            out, _ = cpu_flash.fused_forward(*args, keep_lse=False)
         return out[:, :q_len].transpose(1, 2), None  # [B, Lq, H, D] storage: the model's transpose is free
     q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)
     k_flat, v_flat = k_blocks.reshape(n * nk, bs, dim), v_blocks.reshape(n * nk, bs, dim_v)

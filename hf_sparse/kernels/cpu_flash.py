@@ -68,14 +68,7 @@ class GatheredFlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, k_blocks, v_blocks, works, scale, bs, nq):
-        batch, heads = query.shape[:2]
-        out = query.new_empty(batch, nq * bs, heads, v_blocks.shape[-1])  # the groups write every query block
-        lse = None
-        block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
-        for work in works:
-            run = band_forward if work.band is not None else _gathered_forward
-            lse = run(query, k_blocks, v_blocks, work, scale, bs, out, lse, nq, block_bytes)
-            work.release()
+        out, lse = fused_forward(query, k_blocks, v_blocks, works, scale, bs, nq, keep_lse=True)
         ctx.save_for_backward(query, k_blocks, v_blocks, out, lse)
         ctx.works, ctx.scale, ctx.bs = works, scale, bs
         return out
@@ -96,6 +89,25 @@ class GatheredFlashAttention(torch.autograd.Function):
         return grad_q[:, :, :query.shape[2]], grad_k_blocks, grad_v_blocks, None, None, None, None
 
 
+def fused_forward(query, k_blocks, v_blocks, works: list[GroupWork], scale: float, bs: int, nq: int,
+                  keep_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The forward of :class:`GatheredFlashAttention` (same inputs), returning ``(out, lse or None)``.
+    ``keep_lse=False`` (inference: nothing to differentiate) lets band rows skip the log-sum-exp
+    (:func:`~hf_sparse.kernels.cpu_band.band_forward`)."""
+    batch, heads = query.shape[:2]
+    out = query.new_empty(batch, nq * bs, heads, v_blocks.shape[-1])  # the groups write every query block
+    lse = None
+    if keep_lse:  # the fused kernel's log-sum-exp dtype: float64 for float64 inputs, else float32
+        lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+        lse = query.new_empty(batch * heads, nq, bs, dtype=lse_dtype)  # the groups write every query block
+    block_bytes = k_blocks[0, 0, 0].numel() * k_blocks.element_size()
+    for work in works:
+        run = band_forward if work.band is not None else _gathered_forward
+        run(query, k_blocks, v_blocks, work, scale, bs, out, lse, block_bytes)
+        work.release()
+    return out, lse
+
+
 def _empty_in_layout(x: torch.Tensor, length: int) -> torch.Tensor:
     """An uninitialized ``[B, H, length, D]`` stored like ``x``: as ``[B, length, H, D]`` when ``x`` is a transposed view
     of the model's ``[B, L, H, D]`` projection, else contiguous."""
@@ -114,8 +126,8 @@ def _add_blocks(target: torch.Tensor, blocks: torch.Tensor, grads: torch.Tensor)
         target[i // heads, i % heads].index_add_(0, blocks[i], per_head[i])
 
 
-def _gathered_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse, nq: int,
-                      block_bytes: int):
+def _gathered_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse,
+                      block_bytes: int) -> None:
     """Forward of a gathered group (as :func:`~hf_sparse.kernels.cpu_band.band_forward`), in chunks of rows whose
     gathered copies stay under :data:`~hf_sparse.kernels.cpu_work.CHUNK_BYTES`."""
     batch, heads = query.shape[:2]
@@ -129,10 +141,8 @@ def _gathered_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int
             o = o.masked_fill(work.part(work.empty, part), 0.0)
         span = _span(ids)
         out_blocks[:, :, span] = o.view(batch, heads, *o.shape[1:])
-        if lse is None:
-            lse = l_part.new_zeros(n, nq, bs)
-        lse[:, span] = l_part
-    return lse
+        if lse is not None:
+            lse[:, span] = l_part
 
 
 def _gathered_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, out, lse, grad_q, grad_k_blocks,
