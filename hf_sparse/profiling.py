@@ -1,10 +1,9 @@
-"""Measuring benchmark rows: wall times, peak memory, and one fresh process per row under a memory budget.
+"""Measuring benchmark rows: wall times, peak memory, the CPU and allocator they ran with (the processes rows
+run in: :mod:`hf_sparse.isolated`).
 
     with PeakMemory() as peak:
         times = time_runs(step, warmup=1, repeats=3)
     peak.growth_mb, peak.method
-
-    result = run_isolated(measure_row, spec, memory_gb=16, timeout_s=3600)   # {"status": "ok" | ..., ...}
 
 Peak memory is the growth of the process's resident set: :class:`PeakMemory` records VmRSS on entry and
 resets the kernel's peak mark (writing ``5`` to ``/proc/self/clear_refs``, Linux >= 4.0); on exit the growth
@@ -26,10 +25,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import multiprocessing as mp
 import os
 import platform
-import re
 import resource
 import time
 from collections.abc import Callable
@@ -215,59 +212,3 @@ def available_memory_gb(fraction: float = 0.75) -> float:
     except OSError:
         pass
     return 8.0
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    return (str(exc).splitlines() or [""])[0][:limit]
-
-
-def _child(target: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], memory_gb: float, conn) -> None:
-    limit = int(memory_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    try:
-        result = {"status": "ok", **target(spec)}
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "allocate" in str(exc):
-            wanted = re.search(r"allocate (\d+) bytes", str(exc))
-            detail = f" (an allocation of {int(wanted.group(1)) / 2**20:.0f} MB failed)" if wanted else ""
-            result = {"status": "skipped", "reason": f"out of memory under the {memory_gb:g} GB budget{detail}"}
-        else:
-            result = {"status": "error", "reason": f"{type(exc).__name__}: {_first_line(exc)}"}
-    except Exception as exc:  # reported in the row; the benchmark goes on
-        result = {"status": "error", "reason": f"{type(exc).__name__}: {_first_line(exc)}"}
-    conn.send(result)
-    conn.close()
-
-
-def run_isolated(
-    target: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], *, memory_gb: float, timeout_s: float
-) -> dict[str, Any]:
-    """``{"status": "ok", **target(spec)}`` computed in a fresh child process, or why not.
-
-    The child is forked (spawned where fork is unavailable), so it starts with the parent's imports but none
-    of a previous row's allocations; fork before the parent runs any multi-threaded torch work. It runs
-    under ``RLIMIT_DATA = memory_gb``: a failed allocation returns ``status: "skipped"`` with the reason, as
-    do a child killed by a signal and one running past ``timeout_s``; other exceptions give ``"error"``.
-    """
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    receive, send = context.Pipe(duplex=False)
-    proc = context.Process(target=_child, args=(target, spec, memory_gb, send), daemon=True)
-    proc.start()
-    send.close()
-    result = None
-    if receive.poll(timeout_s):  # a result, or EOF when the child died without one
-        try:
-            result = receive.recv()
-        except EOFError:
-            pass
-    else:
-        proc.kill()
-        result = {"status": "skipped", "reason": f"took longer than timeout_s={timeout_s:g}"}
-    proc.join()
-    if result is None:
-        code = proc.exitcode
-        if code is not None and code < 0:
-            result = {"status": "skipped", "reason": f"row process killed by signal {-code} (out of memory?)"}
-        else:
-            result = {"status": "error", "reason": f"row process exited with code {code} without a result"}
-    return result

@@ -16,10 +16,16 @@ other patterns on the text models. Windows follow ``--density`` (about 1/8 of th
 Modes: ``inference`` (forward under ``torch.no_grad()``, eval mode) and ``train`` (forward with labels +
 ``loss.backward()``, train mode, gradients zeroed to ``None`` before each step; no optimizer step).
 
-Time: median wall time of ``--repeats`` runs after ``--warmup`` runs; tokens/s = batch·tokens / median.
+Time: median wall time of ``--repeats`` steps after ``--warmup`` steps; tokens/s = batch·tokens / median.
 Speed-up = dense median / pattern median for the same model, mode and length, measured in the same run.
+Interleaved (the default; ``timing: interleaved``): the rows of one model, mode and length (dense and each
+pattern) are built side by side, each in its own process, and take their steps in turn, one process stepping
+at a time, in reverse order every other round (``hf_sparse.isolated.run_interleaved``), so a change of the
+machine's speed during the run slows dense and sparse rows alike instead of whichever ran then. Rows whose
+estimated memory does not fit the budget side by side, and ``--no-interleave``, run one after the other
+(``timing: alone``).
 
-Memory (``hf_sparse.profiling``): each row runs in a fresh child process (forked after the imports, before
+Memory (``hf_sparse.profiling``): each row runs in its own child process (forked after the imports, before
 any torch work). After the model and inputs are built the child records its resident set (VmRSS) and resets
 the kernel's peak-RSS mark (``/proc/self/clear_refs``, "5"); ``peak_mem_mb`` is the peak RSS (VmHWM) over
 warm-up and timed runs minus that baseline, the same for dense and sparse rows (gradients, activations,
@@ -62,14 +68,9 @@ from typing import Any
 
 import yaml
 
-from hf_sparse.profiling import (
-    allocator_env,
-    available_memory_gb,
-    check_malloc_thresholds,
-    cpu_description,
-    run_isolated,
-    set_malloc_thresholds,
-)
+from hf_sparse.bench_rows import Row, estimate_gb, run_row, tokens_of
+from hf_sparse.isolated import run_interleaved, run_isolated
+from hf_sparse.profiling import allocator_env, available_memory_gb, check_malloc_thresholds, cpu_description
 
 MODELS = ("bert", "gpt2", "vit")
 IMAGE_PATTERNS = ("local_2d",)
@@ -101,6 +102,7 @@ class BenchConfig:
     out: str = "results/bench_model"
     malloc_mmap_threshold_mb: int | None = None
     malloc_trim_threshold_mb: int | None = None
+    interleave: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in (("models", MODELS), ("modes", MODES)):
@@ -121,47 +123,6 @@ class BenchConfig:
         self.pattern_options = {"bigbird": {"block_size": 16}, **self.pattern_options}
 
 
-# ---------------------------------------------------------------------------------------------- models
-def build(model_name: str, tokens_or_size: int, quick: bool, seed: int):
-    """``(model, inputs, labels-added inputs)`` for one row; text lengths are tokens, ViT sizes are pixels."""
-    import torch
-    import transformers as tf
-
-    import hf_sparse
-
-    torch.manual_seed(seed)
-    tiny = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=128) if quick else {}
-    gen = torch.Generator().manual_seed(seed)
-    if model_name == "bert":
-        config = tf.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **tiny)
-        model = tf.BertForSequenceClassification(config)
-        hf_sparse.extend_positions(model, max(tokens_or_size, config.max_position_embeddings))
-        inputs = {"input_ids": torch.randint(1000, config.vocab_size, (1, tokens_or_size), generator=gen)}
-        labels = torch.tensor([1])
-    elif model_name == "gpt2":
-        small = dict(n_layer=2, n_head=4, n_embd=64) if quick else {}
-        config = tf.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **small)
-        model = tf.GPT2LMHeadModel(config)
-        hf_sparse.extend_positions(model, max(tokens_or_size, config.n_positions))
-        inputs = {"input_ids": torch.randint(0, config.vocab_size, (1, tokens_or_size), generator=gen)}
-        labels = inputs["input_ids"]
-    else:
-        extra = dict(image_size=16, patch_size=4) if quick else {}
-        config = tf.ViTConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **tiny, **extra)
-        model = tf.ViTForImageClassification(config)
-        size = tokens_or_size
-        inputs = {"pixel_values": torch.randn(1, 3, size, size, generator=gen), "interpolate_pos_encoding": True}
-        labels = torch.tensor([1])
-    return model, inputs, labels
-
-
-def tokens_of(model_name: str, size: int, quick: bool) -> int:
-    if model_name != "vit":
-        return size
-    patch = 4 if quick else 16
-    return (size // patch) ** 2 + 1
-
-
 def pattern_options(cfg: BenchConfig, pattern: str, model_name: str, size: int) -> dict[str, Any]:
     """Options of ``pattern`` for one row: windows from ``cfg.density`` unless fixed in the config."""
     options = dict(cfg.pattern_options.get(pattern, {}))
@@ -174,79 +135,6 @@ def pattern_options(cfg: BenchConfig, pattern: str, model_name: str, size: int) 
     if cfg.num_global and "num_global" not in options:
         options["num_global"] = cfg.num_global
     return options
-
-
-def estimate_gb(model_name: str, tokens: int, mode: str, quick: bool) -> float:
-    """Memory a row's process will certainly need (compared with ``max_memory_gb``), in GB.
-
-    ~0.6 GB of libraries, the fp32 weights (and as much again for gradients in training), and activations:
-    per layer and token training keeps ~24 fp32 values of width ``hidden`` plus 2 of width ``4·hidden``,
-    inference holds about two layers' worth; an LM head adds ``tokens × vocab`` logits (3× in training).
-    Attention itself is not counted (it depends on the kernel). Checked against measured peaks at 512
-    tokens (BERT-base train: 0.69 GB measured above the weights vs 0.95 GB estimated; GPT-2 train 1.40 vs 1.41).
-    """
-    hidden, layers, params = (64, 2, 1e6) if quick else (768, 12, 86e6 if model_name != "gpt2" else 124e6)
-    train = mode == "train"
-    per_layer = tokens * (24 * hidden + 2 * 4 * hidden) * 4
-    total = 0.6e9 + params * 4 * (2 if train else 1) + per_layer * (layers if train else 2)
-    if model_name == "gpt2":
-        total += tokens * (64 if quick else 50257) * 4 * (3 if train else 1)
-    return total / 1e9
-
-
-# ---------------------------------------------------------------------------------------------- one row
-def run_row(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build, (patch,) warm up, time and measure one row; runs in the row's own process (``run_isolated``)."""
-    import torch
-
-    import hf_sparse
-    from hf_sparse.kernels.plan import clear_plan_cache
-    from hf_sparse.patterns import MaskContext, clear_caches, density, make_pattern
-    from hf_sparse.profiling import PeakAllocated, PeakMemory, time_runs
-
-    torch.set_num_threads(spec["threads"])
-    if spec["malloc_mmap_threshold_mb"] is not None:  # in the row's process only, the same for dense and sparse
-        set_malloc_thresholds(spec["malloc_mmap_threshold_mb"], spec["malloc_trim_threshold_mb"])
-    model, inputs, labels = build(spec["model"], spec["size"], spec["quick"], spec["seed"])
-    if spec["batch"] > 1:
-        inputs = {k: v.expand(spec["batch"], *v.shape[1:]) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        labels = labels.expand(spec["batch"], *labels.shape[1:])
-    pattern = None
-    if spec["pattern"] != "dense":
-        pattern = make_pattern(spec["pattern"], **spec["options"])
-        hf_sparse.patch_model(model, pattern, backend=spec["backend"])
-    train = spec["mode"] == "train"
-    model.train(train)
-
-    def step() -> None:
-        if train:
-            model.zero_grad(set_to_none=True)
-            model(**inputs, labels=labels).loss.backward()
-        else:
-            with torch.no_grad():
-                model(**inputs)
-
-    load = os.getloadavg()[0]
-    with PeakMemory() as peak:
-        times = time_runs(step, spec["warmup"], spec["repeats"])
-    model.zero_grad(set_to_none=True)
-    if pattern is not None:  # cold, as a first call: the plan and its masks are built and held inside the step
-        clear_caches()
-        clear_plan_cache()
-    with PeakAllocated() as alloc:
-        step()
-    used = sorted({b for b in hf_sparse.last_backends(model).values() if b}) if pattern else ["sdpa"]
-    tokens = tokens_of(spec["model"], spec["size"], spec["quick"])
-    kept = 1.0
-    if pattern is not None:  # after the timed runs, so the mask it builds is not in anyone's peak
-        grid = {"image_grid": (math.isqrt(tokens - 1),) * 2, "num_prefix": 1} if spec["model"] == "vit" else {}
-        ctx = MaskContext.for_length(tokens, causal=spec["model"] == "gpt2", **grid)
-        full = (tokens + 1) / (2 * tokens) if ctx.causal else 1.0  # share of pairs dense attention uses
-        kept = density(pattern, ctx) / full
-        clear_caches()
-    return {"times_s": times, "load_avg_1m": round(load, 2), "peak_mem_mb": peak.growth_mb, "alloc_peak_mb": alloc.peak_mb,
-            "memory_method": peak.method, "backends_used": used, "density": round(kept, 4),
-            "pattern_desc": pattern.describe() if pattern else "sdpa"}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -262,6 +150,14 @@ def plan_rows(cfg: BenchConfig) -> list[dict[str, Any]]:
                     rows.append({"model": model_name, "mode": mode, "pattern": pattern, "size": size,
                                  "tokens": tokens_of(model_name, size, cfg.quick), "options": options})
     return rows
+
+
+def group_rows(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows of the same model, mode and size (dense and each pattern), in order: the rows timed together."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["mode"], row["size"]), []).append(row)
+    return list(groups.values())
 
 
 def finish_rows(rows: list[dict[str, Any]], cfg: BenchConfig) -> None:
@@ -280,7 +176,7 @@ def finish_rows(rows: list[dict[str, Any]], cfg: BenchConfig) -> None:
 
 
 CSV_FIELDS = ["model", "mode", "tokens", "size", "pattern", "pattern_desc", "backend", "backends_used", "density",
-              "status", "reason", "time_s", "tokens_per_s", "speedup_vs_dense", "peak_mem_mb",
+              "status", "reason", "timing", "time_s", "tokens_per_s", "speedup_vs_dense", "peak_mem_mb",
               "mem_ratio_vs_dense", "alloc_peak_mb", "alloc_ratio_vs_dense", "est_mem_gb", "memory_method"]
 
 
@@ -340,6 +236,8 @@ def parse_config(argv: list[str] | None = None) -> BenchConfig:
         parser.add_argument(f"--{name}", type=kind)
     parser.add_argument("--out", help="output folder (results/bench_model)")
     parser.add_argument("--quick", action="store_true", default=None, help="tiny shapes, a smoke run")
+    parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                        help="step the rows of one model, mode and size in turn, each in its own process (default)")
     args = parser.parse_args(argv)
     values = yaml.safe_load(args.config.read_text()) if args.config else {}
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
@@ -369,19 +267,34 @@ def main(argv: list[str] | None = None) -> int:
     rows = plan_rows(cfg)
     print(f"bench_model: {len(rows)} rows, backend={cfg.backend}, threads={cfg.threads}, "
           f"memory budget {cfg.max_memory_gb} GB", flush=True)
-    for index, row in enumerate(rows, 1):
-        row["backend"] = "sdpa" if row["pattern"] == "dense" else cfg.backend
-        row["est_mem_gb"] = round(estimate_gb(row["model"], row["tokens"] * cfg.batch, row["mode"], cfg.quick), 2)
-        if row["est_mem_gb"] > cfg.max_memory_gb:
-            row.update(status="skipped", reason=f"estimated {row['est_mem_gb']} GB > budget {cfg.max_memory_gb} GB")
+    keys = ("backend", "threads", "batch", "seed", "quick", "warmup", "repeats", "malloc_mmap_threshold_mb",
+            "malloc_trim_threshold_mb")
+    done = 0
+    for group in group_rows(rows):
+        runnable = []
+        for row in group:
+            row["backend"] = "sdpa" if row["pattern"] == "dense" else cfg.backend
+            row["est_mem_gb"] = round(estimate_gb(row["model"], row["tokens"] * cfg.batch, row["mode"], cfg.quick), 2)
+            if row["est_mem_gb"] > cfg.max_memory_gb:
+                row.update(status="skipped", reason=f"estimated {row['est_mem_gb']} GB > budget {cfg.max_memory_gb} GB")
+            else:
+                runnable.append(row)
+        specs = [{**row, **{k: getattr(cfg, k) for k in keys}} for row in runnable]
+        side_by_side = sum(row["est_mem_gb"] for row in runnable) <= cfg.max_memory_gb
+        if cfg.interleave and len(runnable) > 1 and side_by_side:
+            results = run_interleaved(Row, specs, warmup=cfg.warmup, repeats=cfg.repeats, memory_gb=cfg.max_memory_gb,
+                                      timeout_s=cfg.timeout_s)
+            for row, result in zip(runnable, results, strict=True):
+                row.update(result, timing="interleaved")
         else:
-            spec = {**row, **{k: getattr(cfg, k) for k in ("backend", "threads", "batch", "seed", "quick", "warmup",
-                                                            "repeats", "malloc_mmap_threshold_mb",
-                                                            "malloc_trim_threshold_mb")}}
-            row.update(run_isolated(run_row, spec, memory_gb=cfg.max_memory_gb, timeout_s=cfg.timeout_s))
-        print(f"[{index}/{len(rows)}] {row['model']} {row['mode']} {row['tokens']} {row['pattern']}: {row['status']}"
-              + (f" {statistics.median(row['times_s']):.3f}s" if row["status"] == "ok" else f" ({row['reason']})"),
-              flush=True)
+            for row, spec in zip(runnable, specs, strict=True):
+                row.update(run_isolated(run_row, spec, memory_gb=cfg.max_memory_gb, timeout_s=cfg.timeout_s),
+                           timing="alone")
+        for row in group:
+            done += 1
+            print(f"[{done}/{len(rows)}] {row['model']} {row['mode']} {row['tokens']} {row['pattern']}: {row['status']}"
+                  + (f" {statistics.median(row['times_s']):.3f}s" if row["status"] == "ok" else f" ({row['reason']})"),
+                  flush=True)
     finish_rows(rows, cfg)
     meta = {"machine": machine(), "command": "python scripts/bench_model.py " + " ".join(argv)}
     json_path, csv_path = write_results(rows, cfg, meta)

@@ -55,6 +55,7 @@ def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
     assert (data["config"]["malloc_mmap_threshold_mb"], data["config"]["malloc_trim_threshold_mb"]) == (32, -1)
     for row, line in zip(rows, csv_rows, strict=True):
         assert row["status"] == "ok", row
+        assert row["timing"] == "interleaved", "dense and sparse rows of a case step in turn"
         assert len(row["times_s"]) == 2 and row["time_s"] == statistics.median(row["times_s"])
         assert row["tokens_per_s"] == round(row["tokens"] / row["time_s"], 1)
         assert row["peak_mem_mb"] >= 0 and row["memory_method"].startswith(("VmHWM", "ru_maxrss"))
@@ -87,6 +88,20 @@ def test_rows_over_the_memory_budget_are_skipped_with_the_reason(tmp_path, capsy
         bench.BenchConfig(malloc_mmap_threshold_mb=64, malloc_trim_threshold_mb=2047)
 
 
+def test_rows_that_do_not_fit_side_by_side_run_alone(tmp_path, monkeypatch):
+    bench = _load_script()
+    args = ["--quick", "--models", "bert", "--lengths", "64", "--patterns", "sliding_window", "--modes", "inference",
+            "--out", str(tmp_path)]
+    monkeypatch.setattr(bench, "estimate_gb", lambda *a: 4.0)  # the budget is each forked child's RLIMIT_DATA:
+    assert bench.main([*args, "--max-memory-gb", "6"]) == 0    # large enough for a pytest process's copy
+    data, _ = _read(tmp_path)
+    assert [(r["status"], r["timing"]) for r in data["rows"]] == [("ok", "alone")] * 2, "one row fits, two do not"
+    assert bench.main([*args, "--no-interleave", "--max-memory-gb", "8"]) == 0
+    assert [r["timing"] for r in _read(tmp_path)[0]["rows"]] == ["alone"] * 2
+    assert bench.main([*args, "--max-memory-gb", "8"]) == 0
+    assert [r["timing"] for r in _read(tmp_path)[0]["rows"]] == ["interleaved"] * 2
+
+
 def test_bench_configs_load_round_trip_and_flags_override_them(tmp_path):
     """Every ``configs/bench/*.yaml`` is a valid BenchConfig that survives YAML; command-line flags win."""
     import dataclasses
@@ -105,3 +120,5 @@ def test_bench_configs_load_round_trip_and_flags_override_them(tmp_path):
                                "--malloc-trim-threshold-mb", "2047", "--max-memory-gb", "4"])
     assert (long.models, long.lengths, long.patterns, long.density) == (["bert"], [4096, 8192], ["sliding_window"], 0.125)
     assert (long.repeats, long.malloc_mmap_threshold_mb, long.malloc_trim_threshold_mb) == (5, 32, 2047)
+    assert long.interleave is True
+    assert bench.parse_config(["--no-interleave", "--max-memory-gb", "4"]).interleave is False
