@@ -4,7 +4,7 @@
     python scripts/bench_model.py --models bert --lengths 4096 8192 --patterns sliding_window
     python scripts/bench_model.py --quick                            # smoke run on tiny shapes (~1 minute)
     python scripts/bench_model.py --config my_bench.yaml --repeats 5 # settings from YAML, then the flags
-    python scripts/bench_model.py --config configs/bench/bert_long.yaml  # the long-input targets (~18 minutes)
+    python scripts/bench_model.py --config configs/bench/bert_long.yaml  # the long-input targets (~30 minutes)
 
 Models (random init, fp32, batch 1, all dropout probabilities 0): a BERT-base-shaped encoder
 (``BertConfig()`` + a classification head, positions extended with ``hf_sparse.extend_positions``), a
@@ -160,6 +160,32 @@ def group_rows(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
+def run_group(group: list[dict[str, Any]], cfg: BenchConfig) -> None:
+    """Run the rows of one case (dense and each pattern) in their processes and fill in their results: stepping
+    in turn when ``cfg.interleave`` and their estimates fit the memory budget together, else one after the other.
+    Rows whose own estimate exceeds the budget are skipped."""
+    runnable = []
+    for row in group:
+        row["backend"] = "sdpa" if row["pattern"] == "dense" else cfg.backend
+        row["est_mem_gb"] = round(estimate_gb(row["model"], row["tokens"] * cfg.batch, row["mode"], cfg.quick), 2)
+        if row["est_mem_gb"] > cfg.max_memory_gb:
+            row.update(status="skipped", reason=f"estimated {row['est_mem_gb']} GB > budget {cfg.max_memory_gb} GB")
+        else:
+            runnable.append(row)
+    keys = ("backend", "threads", "batch", "seed", "quick", "warmup", "repeats", "malloc_mmap_threshold_mb",
+            "malloc_trim_threshold_mb")
+    specs = [{**row, **{k: getattr(cfg, k) for k in keys}} for row in runnable]
+    side_by_side = sum(row["est_mem_gb"] for row in runnable) <= cfg.max_memory_gb
+    if cfg.interleave and len(runnable) > 1 and side_by_side:
+        results = run_interleaved(Row, specs, warmup=cfg.warmup, repeats=cfg.repeats, memory_gb=cfg.max_memory_gb,
+                                  timeout_s=cfg.timeout_s)
+        for row, result in zip(runnable, results, strict=True):
+            row.update(result, timing="interleaved")
+        return
+    for row, spec in zip(runnable, specs, strict=True):
+        row.update(run_isolated(run_row, spec, memory_gb=cfg.max_memory_gb, timeout_s=cfg.timeout_s), timing="alone")
+
+
 def finish_rows(rows: list[dict[str, Any]], cfg: BenchConfig) -> None:
     """Medians, tokens/s and the ratios against the dense row of the same model, mode and length."""
     for row in rows:
@@ -267,29 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = plan_rows(cfg)
     print(f"bench_model: {len(rows)} rows, backend={cfg.backend}, threads={cfg.threads}, "
           f"memory budget {cfg.max_memory_gb} GB", flush=True)
-    keys = ("backend", "threads", "batch", "seed", "quick", "warmup", "repeats", "malloc_mmap_threshold_mb",
-            "malloc_trim_threshold_mb")
     done = 0
     for group in group_rows(rows):
-        runnable = []
-        for row in group:
-            row["backend"] = "sdpa" if row["pattern"] == "dense" else cfg.backend
-            row["est_mem_gb"] = round(estimate_gb(row["model"], row["tokens"] * cfg.batch, row["mode"], cfg.quick), 2)
-            if row["est_mem_gb"] > cfg.max_memory_gb:
-                row.update(status="skipped", reason=f"estimated {row['est_mem_gb']} GB > budget {cfg.max_memory_gb} GB")
-            else:
-                runnable.append(row)
-        specs = [{**row, **{k: getattr(cfg, k) for k in keys}} for row in runnable]
-        side_by_side = sum(row["est_mem_gb"] for row in runnable) <= cfg.max_memory_gb
-        if cfg.interleave and len(runnable) > 1 and side_by_side:
-            results = run_interleaved(Row, specs, warmup=cfg.warmup, repeats=cfg.repeats, memory_gb=cfg.max_memory_gb,
-                                      timeout_s=cfg.timeout_s)
-            for row, result in zip(runnable, results, strict=True):
-                row.update(result, timing="interleaved")
-        else:
-            for row, spec in zip(runnable, specs, strict=True):
-                row.update(run_isolated(run_row, spec, memory_gb=cfg.max_memory_gb, timeout_s=cfg.timeout_s),
-                           timing="alone")
+        run_group(group, cfg)
         for row in group:
             done += 1
             print(f"[{done}/{len(rows)}] {row['model']} {row['mode']} {row['tokens']} {row['pattern']}: {row['status']}"
