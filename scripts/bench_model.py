@@ -109,6 +109,8 @@ class BenchConfig:
             bad = sorted(set(getattr(self, name)) - set(allowed))
             if bad:
                 raise ValueError(f"unknown {name} {bad}; choose from {', '.join(allowed)}")
+        if not isinstance(self.interleave, bool):
+            raise ValueError(f"interleave must be true or false, got {self.interleave!r}")
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
         if self.repeats < 1 or self.warmup < 0 or self.threads < 1 or self.batch < 1:

@@ -82,6 +82,8 @@ def test_rows_over_the_memory_budget_are_skipped_with_the_reason(tmp_path, capsy
     assert [r["status"] for r in data["rows"]] == ["skipped", "skipped"] and len(csv_rows) == 2
     assert all("> budget 0.01 GB" in r["reason"] and r["speedup_vs_dense"] is None for r in data["rows"])
     assert "skipped: estimated" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="interleave must be true or false, got 'yes'"):
+        bench.BenchConfig(interleave="yes")
     with pytest.raises(ValueError, match="unknown models"):
         bench.BenchConfig(models=["bart"])
     with pytest.raises(ValueError, match="mmap_threshold_mb must be in 1..32.*got 64"):

@@ -1,4 +1,5 @@
-"""Memory-lean training for the block-sparse kernel on CPU.
+"""The block-sparse kernel on CPU through PyTorch's fused flash operators: :func:`fused_forward` (inference)
+and memory-lean training (:class:`GatheredFlashAttention`).
 
 Autograd through ``index_select`` + SDPA keeps the gathered key/value blocks alive until backward: each
 query block holds its own copy of ``K`` key blocks, i.e. ``K`` times the keys and values per layer. The

@@ -35,7 +35,8 @@ def available(query: torch.Tensor, dropout_p: float, dim_v: int, bias_needs_grad
 
 @dataclass(frozen=True)
 class GroupWork:
-    """One plan group for :class:`~hf_sparse.kernels.cpu_flash.GatheredFlashAttention`.
+    """One plan group for :func:`~hf_sparse.kernels.cpu_flash.fused_forward` (inference, or the forward of
+    :class:`~hf_sparse.kernels.cpu_flash.GatheredFlashAttention`) and that function's backward.
 
     Attributes:
         rows: ``[nr]`` query-block ids.
