@@ -4,7 +4,7 @@
 with) and records, per self-attention module, the call's ``query``/``key``/``value``, the model's mask and
 scaling. From a capture one recomputes the dense attention probabilities (the reference kernel with the
 ``dense`` pattern) and evaluates any pattern, fixed or data-dependent, on the very same ``q``/``k``: the
-basis of attention-mass recall (:mod:`hf_sparse.analysis`) and of gate distillation
+basis of attention-mass recall (:mod:`hf_sparse.lab.analysis.recall`) and of gate distillation
 (:mod:`hf_sparse.learned.distill`).
 """
 

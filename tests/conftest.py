@@ -11,7 +11,7 @@ import torch
 def minilm_path() -> str:
     """The offline MiniLM BERT folder (imported lazily: the fine-tuning stack needs ``datasets``, which the
     GPU machine's image lacks, and only the MiniLM tests need it)."""
-    from hf_sparse.finetune.models import minilm_path as path
+    from hf_sparse.lab.finetune.models import minilm_path as path
 
     return path()
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
 import torch
 
-from hf_sparse import viz_heads
-from hf_sparse.analysis import BlockOracle, analyze, attention_recall
 from hf_sparse.capture import CapturedAttention, capture_attention
+from hf_sparse.lab.analysis import pictures as viz_heads
+from hf_sparse.lab.analysis.recall import BlockOracle, analyze, attention_recall
 from hf_sparse.patterns import make_pattern
 
 from .conftest import model_inputs, tiny_model
@@ -99,11 +98,8 @@ def test_analyze_tables_and_pictures_on_each_family(family, tmp_path):
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"hf_sparse_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module({"analyze": "hf_sparse.lab.analysis.__main__",
+                                    "train_gate": "hf_sparse.lab.analysis.train_gate"}[name])
 
 
 TINY_BERT = "{num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 4, intermediate_size: 64, vocab_size: 120}"

@@ -1,11 +1,9 @@
-"""scripts/bench_model.py in quick mode on tiny shapes: JSON/CSV fields, one row per case, ratios from times."""
+"""hf-sparse bench-model (hf_sparse.bench.model) in quick mode on tiny shapes: JSON/CSV fields, one row per case, ratios from times."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -14,17 +12,13 @@ from pathlib import Path
 import pytest
 
 import hf_sparse
+from hf_sparse.bench import model as bench_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_model.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    if "bench_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_model"] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules["bench_model"]
+    return bench_model
 
 
 def _read(out: Path):
@@ -39,8 +33,7 @@ def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
     args = ["--quick", "--models", "bert", "gpt2", "vit", "--lengths", "64", "--image-sizes", "32",
             "--patterns", "sliding_window", "local_2d", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
             "--malloc-mmap-threshold-mb", "32", "--malloc-trim-threshold-mb", "-1"]
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "hf_sparse.cli", "bench-model", *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data, csv_rows = _read(tmp_path)
     rows = data["rows"]
@@ -111,14 +104,14 @@ def test_bench_configs_load_round_trip_and_flags_override_them(tmp_path):
     import yaml
 
     bench = _load_script()
-    paths = sorted((SCRIPT.parents[1] / "configs" / "bench").glob("*.yaml"))
+    paths = sorted((ROOT / "configs" / "bench").glob("*.yaml"))
     assert paths
     for path in paths:
         cfg = bench.parse_config(["--config", str(path), "--max-memory-gb", "4"])
         again = tmp_path / path.name
         again.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
         assert bench.parse_config(["--config", str(again)]) == cfg
-    long = bench.parse_config(["--config", str(SCRIPT.parents[1] / "configs/bench/bert_long.yaml"), "--repeats", "5",
+    long = bench.parse_config(["--config", str(ROOT / "configs/bench/bert_long.yaml"), "--repeats", "5",
                                "--malloc-trim-threshold-mb", "2047", "--max-memory-gb", "4"])
     assert (long.models, long.lengths, long.patterns, long.density) == (["bert"], [4096, 8192], ["sliding_window"], 0.125)
     assert (long.repeats, long.malloc_mmap_threshold_mb, long.malloc_trim_threshold_mb) == (5, 32, 2047)

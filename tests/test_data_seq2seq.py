@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from hf_sparse.data import DataSourceError, build_summarization, build_translation, data_dir, source_of
-from hf_sparse.data.debian import parse_index
-from hf_sparse.data.dedup import group_split, near_duplicate_groups, shingles
+from hf_sparse.lab.data import DataSourceError, build_summarization, build_translation, data_dir, source_of
+from hf_sparse.lab.data.debian import parse_index
+from hf_sparse.lab.data.dedup import group_split, near_duplicate_groups, shingles
 
 INDEX = """Package: foo
 Description-md5: 0123
@@ -48,7 +48,7 @@ def test_near_duplicates_group_and_splits_keep_groups_whole():
 
 def _cached_or_skip(name: str) -> None:
     if not (data_dir() / name / "dataset_dict.json").exists():
-        pytest.skip(f"{name} is not built under {data_dir()}: run scripts/prepare_data.py (needs a Debian mirror)")
+        pytest.skip(f"{name} is not built under {data_dir()}: run `hf-sparse prepare-data` (needs a Debian mirror)")
 
 
 def _max_train_similarity(dd, sample: int = 200) -> float:

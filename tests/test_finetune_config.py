@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_sparse.finetune import ConfigError, RunConfig, apply_overrides, get_task, task_names
+from hf_sparse.lab.finetune import ConfigError, RunConfig, apply_overrides, get_task, task_names
 
 #: run configs of fine-tuning tasks (accelerate, analysis, bench and study configs have their own schemas and tests)
 CONFIGS = sorted(p for p in Path(__file__).resolve().parent.parent.glob("configs/*/*.yaml")

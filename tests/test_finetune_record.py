@@ -8,9 +8,9 @@ from transformers import AutoConfig, BertForSequenceClassification
 
 import hf_sparse
 from hf_sparse.config import SparseConfig
-from hf_sparse.finetune.record import sparse_summary
-from hf_sparse.finetune.tasks import get_task
-from hf_sparse.finetune.tasks.helpers import from_pretrained
+from hf_sparse.lab.finetune.record import sparse_summary
+from hf_sparse.lab.finetune.tasks import get_task
+from hf_sparse.lab.finetune.tasks.helpers import from_pretrained
 from hf_sparse.patch import iter_states
 
 from .conftest import tiny_model

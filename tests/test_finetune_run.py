@@ -1,4 +1,4 @@
-"""scripts/finetune.py end to end on tiny slices: under `accelerate launch` (one and two CPU processes) and
+"""hf-sparse finetune (python -m hf_sparse.lab.finetune) end to end on tiny slices: under `accelerate launch` (one and two CPU processes) and
 plain python; complete metrics.json; an interrupted run resumes to the same result; bad configs fail fast."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = str(ROOT / "scripts" / "finetune.py")
+MODULE = ["-m", "hf_sparse.lab.finetune"]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 
 # 24 reviews, batch 4: 6 optimizer steps per epoch, 12 in all; a checkpoint every 4 steps.
@@ -37,13 +37,13 @@ SPARSE_KEYS = {"pattern", "config", "token_density", "block_density", "eval_leng
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     env.setdefault("HF_SPARSE_DATA", str(ROOT / "data"))
     return env
 
 
 def _run(prefix: list[str], args: list[str], out: Path, name: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [*prefix, SCRIPT, *args, "--output_dir", str(out), "--run_name", name]
+    command = [*prefix, *MODULE, *args, "--output_dir", str(out), "--run_name", name]
     return subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -153,7 +153,7 @@ def test_two_cpu_processes_account_for_the_global_batch(tmp_path):
 def test_bad_configs_fail_fast_with_one_line(tmp_path, args, message):
     result = _run([sys.executable], [*SENTIMENT_TINY, *args], tmp_path, "bad", timeout=300)
     assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("finetune.py: error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("finetune: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     if "data.source" in args:  # the run name was known: the study sees a failed run

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_sparse.data import data_dir
-from hf_sparse.finetune import ConfigError, RunConfig, get_task, run
+from hf_sparse.lab.data import data_dir
+from hf_sparse.lab.finetune import ConfigError, RunConfig, get_task, run
 from hf_sparse.patch import last_backends, patched_modules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ GPT2_TINY = ["--model.name_or_path", "gpt2-random", "--model.config", "{n_embd: 
 
 def _need(cache: str) -> None:
     if not (data_dir() / cache / "dataset_dict.json").exists():
-        pytest.skip(f"{cache} is not built under {data_dir()}: run scripts/prepare_data.py (needs a Debian mirror)")
+        pytest.skip(f"{cache} is not built under {data_dir()}: run `hf-sparse prepare-data` (needs a Debian mirror)")
 
 
 def _check_seq2seq(m: dict, task: str, metric: str, library: str) -> None:
@@ -45,10 +45,10 @@ def test_translation_bert2bert_per_part_under_accelerate(tmp_path):
                 "--sparse.decoder.pattern", "sliding_window", "--sparse.decoder.options.window", "2",
                 "--generation.num_beams", "2"]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "configs/accelerate/cpu_single.yaml"), str(ROOT / "scripts/finetune.py"),
+               str(ROOT / "configs/accelerate/cpu_single.yaml"), "-m", "hf_sparse.lab.finetune",
                "--config", str(ROOT / "configs/translation/dense.yaml"), *TINY, *BERT_TINY, *per_part,
                "--output_dir", str(tmp_path), "--run_name", "b2b"]
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "HF_SPARSE_DATA": str(data_dir())}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,7 +84,7 @@ def test_summarization_gpt2_in_process(tmp_path):
 
 @pytest.fixture(scope="module")
 def bert2bert():
-    from hf_sparse.finetune.seq2seq_models import build_seq2seq_model
+    from hf_sparse.lab.finetune.seq2seq_models import build_seq2seq_model
 
     cfg = RunConfig.load(ROOT / "configs/translation/dense.yaml", BERT_TINY)
     built = build_seq2seq_model(cfg)

@@ -1,4 +1,4 @@
-"""hf_sparse.isolated: rows in their own process under a memory budget, alone or stepping in turn."""
+"""hf_sparse.bench.isolated: rows in their own process under a memory budget, alone or stepping in turn."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from hf_sparse.isolated import run_interleaved, run_isolated
-from hf_sparse.profiling import PeakMemory, time_runs
+from hf_sparse.bench.isolated import run_interleaved, run_isolated
+from hf_sparse.bench.profiling import PeakMemory, time_runs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and forks (Linux)")
 

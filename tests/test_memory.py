@@ -45,9 +45,9 @@ def _held_after_cold_forward(model: torch.nn.Module, ids: torch.Tensor, labels: 
     """MB of PyTorch tensors still alive after one forward with every pattern and plan cache cleared: what the
     plans keep, plus, with ``labels`` (a training step, whose backward runs after the measure), what is kept for
     backward."""
+    from hf_sparse.bench.profiling import PeakAllocated
     from hf_sparse.kernels.plan import clear_plan_cache
     from hf_sparse.patterns import clear_caches
-    from hf_sparse.profiling import PeakAllocated
 
     clear_caches()
     clear_plan_cache()

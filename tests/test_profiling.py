@@ -1,4 +1,4 @@
-"""hf_sparse.profiling: peak-memory growth, allocation peaks, timing and the allocator settings."""
+"""hf_sparse.bench.profiling: peak-memory growth, allocation peaks, timing and the allocator settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from hf_sparse.profiling import (
+from hf_sparse.bench.profiling import (
     PeakAllocated,
     check_malloc_thresholds,
     glibc_malloc,
@@ -27,7 +27,7 @@ def test_time_runs_times_only_the_repeats():
 
 def test_machine_description_names_the_cpu_and_the_allocator_settings(monkeypatch):
     """Benchmarks record the CPU model, PyTorch's vector-instruction level and the allocator variables in force."""
-    from hf_sparse.profiling import ALLOCATOR_ENV, allocator_env, cpu_description
+    from hf_sparse.bench.profiling import ALLOCATOR_ENV, allocator_env, cpu_description
 
     cpu = cpu_description()
     assert cpu["cpu_count"] == os.cpu_count() and cpu["cpu_model"]
@@ -43,7 +43,7 @@ def test_machine_description_names_the_cpu_and_the_allocator_settings(monkeypatc
 _REFAULTS = """
 import ctypes, resource, sys
 if sys.argv[1] == "fixed":
-    from hf_sparse.profiling import set_malloc_thresholds
+    from hf_sparse.bench.profiling import set_malloc_thresholds
     set_malloc_thresholds(mmap_threshold_mb=32, trim_threshold_mb=int(sys.argv[2]))
 libc = ctypes.CDLL(None)  # malloc/free straight from C: no other allocation lands between the blocks
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)

@@ -1,4 +1,4 @@
-"""Sparsity studies (hf_sparse.study, scripts/study.py): grid expansion and YAML round trip, one-line config
+"""Sparsity studies (hf_sparse.lab.study, hf-sparse study): grid expansion and YAML round trip, one-line config
 errors, a micro study run in-process (report, CSV, plots match metrics.json; failures recorded; finished runs
 skipped, changed runs re-run) and one through the real accelerate subprocess path."""
 
@@ -15,8 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from hf_sparse.finetune import ConfigError
-from hf_sparse.study import (
+from hf_sparse.lab.finetune import ConfigError
+from hf_sparse.lab.study import (
     Launched,
     StudyConfig,
     error_line,
@@ -26,10 +26,9 @@ from hf_sparse.study import (
     run_study,
     write_report,
 )
+from hf_sparse.lab.study import __main__ as study_script
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import study as study_script  # noqa: E402
 
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7}
 
@@ -125,9 +124,9 @@ def test_error_line_skips_accelerate_noise_and_progress_bars():
               "Traceback (most recent call last):\n"
               "subprocess.CalledProcessError: Command '['python', 'finetune.py']' returned non-zero exit status 1.\n")
     assert error_line(stderr) == "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"
-    assert error_line("noise\nfinetune.py: error: bad thing\nTraceback\n") == "finetune.py: error: bad thing"
+    assert error_line("noise\nfinetune: error: bad thing\nTraceback\n") == "finetune: error: bad thing"
     assert error_line("") is None
-    from hf_sparse.study.runner import _signal
+    from hf_sparse.lab.study.runner import _signal
 
     assert _signal(Launched(-15)) == "killed by SIGTERM"
     assert _signal(Launched(1, "subprocess.CalledProcessError: Command '[..]' died with <Signals.SIGKILL: 9>.")) == "killed by SIGKILL"
@@ -203,7 +202,7 @@ def test_micro_study_report_failures_and_skips(tmp_path):
 
 @pytest.mark.slow
 def test_study_script_through_accelerate_subprocess(tmp_path):
-    """scripts/study.py end to end: one real run under accelerate launch, one that fails inside finetune.py."""
+    """hf-sparse study end to end: one real run under accelerate launch, one that fails inside the fine-tuning."""
     data = _micro(tmp_path / "study", launcher="accelerate")
     data["entries"] = {
         "image-local": data["entries"]["image-local"],
@@ -212,9 +211,9 @@ def test_study_script_through_accelerate_subprocess(tmp_path):
     }
     path = tmp_path / "micro.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     env.setdefault("HF_SPARSE_DATA", str(ROOT / "data"))
-    command = [sys.executable, str(ROOT / "scripts/study.py"), "--config", str(path)]
+    command = [sys.executable, "-m", "hf_sparse.cli", "study", "--config", str(path)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]  # one run failed
     assert "[1/2] image-local-window1: ok" in result.stdout and "[2/2] image-crash: FAILED" in result.stdout
@@ -276,7 +275,7 @@ def test_prepare_runs_once_and_report_judgements(tmp_path):
 
 
 def test_too_sparse_when_every_setting_falls_below_dense():
-    from hf_sparse.study.report import too_sparse
+    from hf_sparse.lab.study.report import too_sparse
 
     def row(entry, sweep, density, value):
         return {"entry": entry, "sweep": sweep, "token_density": density, "value": value, "metric": "accuracy",

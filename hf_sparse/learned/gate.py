@@ -3,7 +3,7 @@
 ``patch_model(model, "learned_gate", block_size=32, k=2)`` adds a :class:`BlockGate` to every patched
 attention module as ``module.hf_sparse_gate`` (so its parameters are in ``model.state_dict()`` and saved by
 ``save_pretrained``); ``unpatch_model`` removes it. The gate predicts, from the block-pooled queries and
-keys, how much dense attention mass each key block would get; ``scripts/train_gate.py`` fits it to the
+keys, how much dense attention mass each key block would get; ``hf-sparse train-gate`` fits it to the
 dense model's block-pooled attention (:mod:`hf_sparse.learned.distill`). An untrained gate ranks blocks
 exactly like ``topk_blocks`` (identity projections, zero biases).
 

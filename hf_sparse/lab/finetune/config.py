@@ -1,0 +1,339 @@
+"""The fine-tuning run config: dataclasses that round-trip YAML/JSON, plus dotted command-line overrides.
+
+Layout (see configs/*/*.yaml and notes/finetune_schema.md)::
+
+    run_name, task, seed, output_dir
+    model: name_or_path, config (architecture overrides, e.g. {patch_size: 2})
+    data:  source, max_train_samples, max_eval_samples, max_test_samples, max_length,
+           (seq2seq) max_target_length, language_pair, source_column, target_column
+    sparse: null (dense baseline), a SparseConfig mapping (pattern, options, backend, target_modules, layers), or
+            (seq2seq) one per part: {encoder: <mapping or null>, decoder: <mapping or null>}
+    generation: (seq2seq evaluation) num_beams, max_new_tokens
+    train: epochs, max_steps, batch_size (per process), eval_batch_size, gradient_accumulation_steps,
+           learning_rate, weight_decay, warmup_ratio, lr_scheduler, mixed_precision, checkpoint_every_steps,
+           num_threads
+
+Every problem (unknown key, wrong type, bad value) raises :class:`ConfigError` with a one-line message that
+names the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_sparse.config import SparseConfig
+from hf_sparse.kernels import backend_names
+
+
+class ConfigError(ValueError):
+    """A run config is invalid; the message is one line naming the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    """``name_or_path``: ``"minilm"`` (the offline MiniLM BERT weights), ``"vit"`` (a random-init ViT), a hub
+    id or a local folder. ``config``: overrides applied to the model's Transformers config (architecture
+    sizes of random-init models, e.g. ``{hidden_size: 64, patch_size: 2}``)."""
+
+    name_or_path: str = "minilm"
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """``source``: ``"offline"``, a hub data set name or a local path (see :mod:`hf_sparse.lab.data`);
+    ``max_*_samples`` take a seeded random slice; ``max_length`` truncates text (tokens).
+
+    Seq2seq tasks only: ``max_target_length`` truncates the target (tokens, end token included);
+    ``language_pair`` (``"en-de"``: source language - target language) picks the direction of translation
+    data; ``source_column`` / ``target_column`` name the text columns of hub / local data."""
+
+    source: str = "offline"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_test_samples: int | None = None
+    max_length: int = 128
+    max_target_length: int = 64
+    language_pair: str | None = None
+    source_column: str | None = None
+    target_column: str | None = None
+
+
+@dataclass
+class GenerateConfig:
+    """How seq2seq tasks generate during evaluation: greedy (``num_beams: 1``) or beam search, at most
+    ``max_new_tokens`` tokens (``null``: ``data.max_target_length``)."""
+
+    num_beams: int = 1
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings. ``batch_size`` is per process: one optimizer step sees
+    ``batch_size * processes * gradient_accumulation_steps`` samples (the global batch)."""
+
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5.0e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    lr_scheduler: str = "linear"
+    mixed_precision: str = "no"
+    checkpoint_every_steps: int | None = None
+    num_threads: int | None = None
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file", context: str = "") -> dict[str, Any]:
+    """The mapping in the YAML file ``path``; a one-line :class:`ConfigError` when the file is missing, is not
+    valid YAML or holds something else (``what`` names the file and ``context`` is appended to that error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist{context}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+@dataclass
+class RunConfig:
+    """One fine-tuning run; results go to ``<output_dir>/<run_name>/``."""
+
+    run_name: str = "run"
+    task: str = "sentiment"
+    seed: int = 0
+    output_dir: str = "results"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sparse: dict[str, Any] | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def __post_init__(self) -> None:
+        _check_values(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def sparse_config(self) -> SparseConfig | None:
+        """The :class:`~hf_sparse.SparseConfig` of ``sparse`` (``None`` for the dense baseline); for a per-part
+        config the encoder's, else the decoder's (see :meth:`sparse_parts`)."""
+        parts = self.sparse_parts()
+        return parts.get("all") or parts.get("encoder") or parts.get("decoder")
+
+    def sparse_parts(self) -> dict[str, SparseConfig]:
+        """``{"all": config}`` for one pattern on every self-attention, ``{"encoder": .., "decoder": ..}`` (parts
+        set to null left out) for per-part settings, ``{}`` for the dense baseline."""
+        if self.sparse is None:
+            return {}
+        if not isinstance(self.sparse, dict) or not set(self.sparse) & set(SPARSE_PARTS):
+            return {"all": _sparse_config(self.sparse, "sparse")}
+        extra = sorted(set(self.sparse) - set(SPARSE_PARTS))
+        if extra:
+            raise ConfigError(
+                f"sparse: per-part settings take only the keys encoder / decoder, got also {', '.join(extra)}; "
+                "put pattern / options under sparse.encoder or sparse.decoder"
+            )
+        return {part: _sparse_config(self.sparse[part], f"sparse.{part}")
+                for part in SPARSE_PARTS if self.sparse.get(part) is not None}
+
+    # -- round trips ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        return build_dataclass(cls, data, float_strings=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> RunConfig:
+        return cls.from_dict(yaml.safe_load(text) or {})
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+        """Read the YAML file ``path`` and apply ``overrides`` (``["--train.epochs", "1", ...]``)."""
+        return cls.from_dict(apply_overrides(read_yaml_mapping(path), overrides or []))
+
+
+#: Parts a seq2seq ``sparse`` section may name (``sparse: {encoder: {...}, decoder: {...}}``).
+SPARSE_PARTS = ("encoder", "decoder")
+
+
+def _sparse_config(data: Any, where: str) -> SparseConfig:
+    try:
+        config = SparseConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+    if config.backend not in backend_names():
+        raise ConfigError(f"{where}: unknown backend {config.backend!r}; choose one of: {', '.join(backend_names())}")
+    return config
+
+
+# -- building and type checking -----------------------------------------------------------------------------
+
+
+def build_dataclass(cls: type, data: Any, prefix: str = "", *, kind: str = "config", float_strings: bool = False) -> Any:
+    """``cls`` from the mapping ``data``, type-checked against its annotations; every problem is a one-line
+    :class:`ConfigError` naming the dotted key (``prefix`` + name) and the fix. Nested dataclasses (also
+    optional ones and ``dict[str, Dataclass]`` values) are built recursively; ints are accepted for floats.
+
+    Args:
+        kind: the word in messages (``"unknown study key ..."``).
+        float_strings: also accept YAML 1.1's unquoted exponent floats (``1e-4`` reads as a string) for floats.
+    """
+    where = prefix.rstrip(".") or ("config" if kind == "config" else f"{kind} config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown {kind} key {prefix + str(key)!r}{hint}; valid keys here: {', '.join(names)}")
+    return cls(**{name: _coerce(value, hints[name], f"{prefix}{name}", kind, float_strings)
+                  for name, value in data.items()})
+
+
+def _coerce(value: Any, hint: Any, key: str, kind: str, float_strings: bool) -> Any:
+    """``value`` if it matches the type ``hint`` (dataclasses are built), else :class:`ConfigError`."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if dataclasses.is_dataclass(option):
+            return build_dataclass(option, value, f"{key}.", kind=kind, float_strings=float_strings)
+        origin = typing.get_origin(option) or option
+        if origin is Any:
+            return value
+        if origin is dict and isinstance(value, dict):
+            args = typing.get_args(option)
+            if args and dataclasses.is_dataclass(args[1]):
+                return {str(k): build_dataclass(args[1], v, f"{key}.{k}.", kind=kind, float_strings=float_strings)
+                        for k, v in value.items()}
+            return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is float and float_strings and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (str, bool, list) and isinstance(value, origin):
+            return value
+    wanted = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"{kind} key {key!r} must be {wanted}, got {type(value).__name__}: {value!r}")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint) or hint
+    return {dict: "a mapping", list: "a list"}.get(origin, getattr(origin, "__name__", str(origin)))
+
+
+_POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.gradient_accumulation_steps",
+             "data.max_length", "data.max_target_length", "generation.num_beams")
+_POSITIVE_OR_NULL = ("train.max_steps", "train.checkpoint_every_steps", "train.num_threads",
+                     "data.max_train_samples", "data.max_eval_samples", "data.max_test_samples",
+                     "generation.max_new_tokens")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def _check_values(cfg: RunConfig) -> None:
+    def get(key: str) -> Any:
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    for key in _POSITIVE:
+        if get(key) <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {get(key)!r}")
+    for key in _POSITIVE_OR_NULL:
+        if get(key) is not None and get(key) <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0 or null, got {get(key)!r}")
+    train = cfg.train
+    if train.learning_rate <= 0 or train.weight_decay < 0 or not 0 <= train.warmup_ratio < 1:
+        raise ConfigError(
+            f"train: need learning_rate > 0, weight_decay >= 0, 0 <= warmup_ratio < 1; got {train.learning_rate}, "
+            f"{train.weight_decay}, {train.warmup_ratio}"
+        )
+    if train.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {train.mixed_precision!r}")
+    from transformers.trainer_utils import SchedulerType
+
+    schedulers = [s.value for s in SchedulerType]
+    if train.lr_scheduler not in schedulers:
+        raise ConfigError(f"train.lr_scheduler {train.lr_scheduler!r} is unknown; choose one of: {', '.join(schedulers)}")
+    if not cfg.run_name or "/" in cfg.run_name:
+        raise ConfigError(f"run_name must be a non-empty name without '/', got {cfg.run_name!r}")
+    if cfg.data.language_pair is not None:
+        from ..data.pairs import parse_language_pair
+
+        try:
+            parse_language_pair(cfg.data.language_pair)
+        except ValueError as exc:
+            raise ConfigError(f"data.language_pair: {exc}") from None
+    cfg.sparse_parts()  # validates the patterns, their options and the backend names now, not after loading data
+
+
+# -- command-line overrides -----------------------------------------------------------------------------------
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--a.b.c value`` / ``--a.b.c=value`` pairs to the nested mapping ``data`` (a new copy).
+
+    Values are parsed as YAML (``1`` is an int, ``null`` is None, ``[1, 2]`` a list, ``{window: 8}`` a
+    mapping). ``--sparse null`` makes a run dense; ``--sparse.pattern ...`` on a dense config starts a
+    sparse mapping.
+    """
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False))  # deep copy (keeping the key order)
+    items = list(overrides)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--") or len(flag) == 2:
+            raise ConfigError(f"expected an override like --train.epochs 1, got {flag!r}")
+        key, eq, text = flag[2:].partition("=")
+        if not eq:
+            if not items:
+                raise ConfigError(f"override --{key} has no value; write --{key} VALUE")
+            text = items.pop(0)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override --{key}: {'.'.join(parts[: i + 1])} is {child!r}, not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return data

@@ -1,0 +1,61 @@
+"""Sparsity studies: a grid of fine-tuning runs (task x pattern x sparsity level) from one YAML, each run a
+``hf-sparse finetune`` (``python -m hf_sparse.lab.finetune``) subprocess, summed up in ``report.md``, ``report.csv`` and plots.
+
+    hf-sparse study --config configs/study/default.yaml [--common_overrides.train.epochs 2 ...]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from .grid import EntryConfig, PlannedRun, PrepareConfig, StudyConfig, expand, flatten, resolve
+from .plots import write_plots
+from .report import console, markdown, rows, write_csv
+from .runner import (
+    Launched,
+    RunResult,
+    collect,
+    error_line,
+    inprocess_launcher,
+    run_study,
+    subprocess_launcher,
+)
+
+__all__ = [
+    "EntryConfig", "Launched", "collect", "PlannedRun", "PrepareConfig", "RunResult", "StudyConfig", "console", "error_line",
+    "expand", "inprocess_launcher", "resolve", "rows", "run_study", "subprocess_launcher", "write_report",
+]
+
+
+def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) -> list[dict]:
+    """``report.csv``, ``plots/*.png`` and ``report.md`` in the study folder; returns the table rows."""
+    root = study.root
+    root.mkdir(parents=True, exist_ok=True)
+    table = rows(results)
+    write_csv(table, root / "report.csv")
+    plots = write_plots(table, root / "plots")
+    done = sum(r.status == "ok" for r in results)
+    cached = sum(r.skipped for r in results)
+    budget = ", ".join(f"{k}={v}" for k, v in flatten(study.common_overrides).items()) or "as in each config"
+    preamble = [
+        f"{len(results)} runs ({done} ok, {len(results) - done} failed, {cached} reused from an earlier run) on "
+        f"{platform.machine()} ({_cpus()} CPUs): the run processes took {sum(r.wall_s for r in results) / 60:.1f} min "
+        f"launch to exit (reused runs included); this invocation of the study took {wall_s / 60:.1f} min.",
+        "",
+        f"Shared budget and settings: {budget}. Metrics are on the test split; throughput is samples/s of the "
+        "training loop and of the test evaluation; speed-up divides by the task's dense run; peak memory is "
+        "the process peak RSS on CPU (CUDA max allocated on GPU). Config of each run: `runs/<run>/run_config.yaml`.",
+    ]
+    loads = [r.load_avg for r in results if r.load_avg is not None]
+    if loads:
+        busy = max(loads) > _cpus() + 0.5
+        preamble += ["", f"1-minute load average as the runs ended: {min(loads):.1f}-{max(loads):.1f} on {_cpus()} CPUs"
+                     + ("; the machine was shared with other jobs, so the speed columns carry their noise." if busy else ".")]
+    (root / "report.md").write_text(markdown(table, f"Study {study.name}", preamble, study.tolerance, plots))
+    return table
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
+

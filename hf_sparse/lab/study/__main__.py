@@ -1,0 +1,68 @@
+"""Run a sparsity study: a grid of fine-tuning runs (task x pattern x sparsity level) with one budget and
+seed, then results/<study>/report.md, report.csv and plots/*.png.
+
+    hf-sparse study --config configs/study/default.yaml
+    hf-sparse study --config configs/study/default.yaml --only 'sentiment-*' --common_overrides.train.epochs 2
+
+Every study setting can be overridden with a dotted flag (--timeout_s 600, --entries.image-local-2d.enabled false,
+--entries.sentiment-window.sweep.sparse.options.window "[2, 4]"). Each run is a ``python -m hf_sparse.lab.finetune`` subprocess
+(under accelerate launch); a failed run is reported with its error and the study goes on. Re-running skips
+runs that finished with the same resolved config. Exit status: 0 if every run is ok, 1 if any failed, 2 for a
+bad study config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+import time
+
+from ..finetune import ConfigError
+from . import StudyConfig, collect, console, expand, run_study, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="study YAML (configs/study/<name>.yaml)")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="run and report only the runs whose name matches (repeatable)")
+    parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs; run nothing")
+    args, overrides = parser.parse_known_args(argv)
+
+    # 1. The study config and its runs.
+    try:
+        study = StudyConfig.load(args.config, overrides)
+        runs = expand(study)
+    except ConfigError as exc:
+        print(f"study: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if args.only:
+        runs = [r for r in runs if any(fnmatch.fnmatch(r.name, pattern) for pattern in args.only)]
+    if args.list:
+        for run in runs:
+            print(f"{run.name}: {run.task} {run.config} {run.sweep or ''}")
+        return 0
+    print(f"study {study.name}: {len(runs)} runs -> {study.root}")
+
+    # 2. Run them (skipping finished ones); a failed run is recorded and the study goes on.
+    start = time.perf_counter()
+    if args.report_only:
+        results = collect(study, runs)
+    else:
+        results = run_study(study, runs)
+    wall = time.perf_counter() - start
+
+    # 3. The report: table per task, CSV, plots; the same table on the console.
+    table = write_report(study, results, wall)
+    print()
+    print(console(table))
+    failed = sum(r.status != "ok" for r in results)
+    print(f"\n{len(results) - failed} ok, {failed} failed in {wall / 60:.1f} min -> {study.root / 'report.md'}, "
+          f"{study.root / 'report.csv'}, {study.root / 'plots'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
