@@ -15,9 +15,8 @@ import torch
 import hf_sparse
 from hf_sparse.kernels import BACKENDS, choose_backend, reference_attention
 from hf_sparse.patterns import make_pattern
-
-from .cases import make_cases
-from .conftest import model_inputs, run_model, tiny_model
+from tests.helpers.cases import make_cases
+from tests.helpers.models import model_inputs, run_model, tiny_model
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

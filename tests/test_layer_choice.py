@@ -9,10 +9,9 @@ import transformers as tf
 import hf_sparse
 from hf_sparse import SparseConfig
 from hf_sparse.learned import gates
-
-from .conftest import model_inputs, run_model
-from .explicit import explicit_copy
-from .formulas import formula
+from tests.helpers.explicit import explicit_copy
+from tests.helpers.formulas import formula
+from tests.helpers.models import model_inputs, run_model
 
 KEEP_ENDS_DENSE = """
 pattern: sliding_window

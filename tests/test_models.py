@@ -9,10 +9,9 @@ import torch
 
 import hf_sparse
 from hf_sparse.patterns import MaskContext, allowed_matrix, make_pattern
-
-from .conftest import model_inputs, run_model, tiny_model
-from .explicit import explicit_copy
-from .formulas import formula
+from tests.helpers.explicit import explicit_copy
+from tests.helpers.formulas import formula
+from tests.helpers.models import model_inputs, run_model, tiny_model
 
 FAMILIES_DENSE = ["minilm", "bert", "gpt2", "vit", "t5", "bart", "roberta", "distilbert", "deit", "marian", "llama"]
 

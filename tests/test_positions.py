@@ -11,10 +11,9 @@ import transformers as tf
 
 import hf_sparse
 from hf_sparse.patterns import Local2D, MaskContext
-
-from .conftest import minilm_path, model_inputs, run_model, tiny_model
-from .explicit import explicit_copy
-from .formulas import formula
+from tests.helpers.explicit import explicit_copy
+from tests.helpers.formulas import formula
+from tests.helpers.models import minilm_path, model_inputs, run_model, tiny_model
 
 
 def _table(model) -> torch.nn.Embedding:

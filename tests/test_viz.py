@@ -8,8 +8,7 @@ import pytest
 
 from hf_sparse import viz
 from hf_sparse.patterns import make_pattern
-
-from .formulas import formula
+from tests.helpers.formulas import formula
 
 
 @pytest.mark.parametrize("name,options,causal", [

@@ -15,10 +15,9 @@ from hf_sparse.capture import CapturedAttention, capture_attention
 from hf_sparse.lab.analysis import pictures as viz_heads
 from hf_sparse.lab.analysis.recall import BlockOracle, analyze, attention_recall
 from hf_sparse.patterns import make_pattern
+from tests.helpers.models import model_inputs, tiny_model
 
-from .conftest import model_inputs, tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _constructed(length, key_mask=None):

@@ -14,7 +14,7 @@ import pytest
 import hf_sparse
 from hf_sparse.bench import model as bench_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_script():

@@ -39,7 +39,7 @@ def test_reference_matches_loops_with_padding_and_bias():
     pattern = SlidingWindow(window=2, num_global=1)
     call = AttentionCall(q, k, v, pattern, MaskContext.for_length(11), attention_mask=pad, position_bias=bias)
     out, _ = reference_attention(call)
-    from .formulas import formula
+    from tests.helpers.formulas import formula
 
     allowed = torch.from_numpy(formula("sliding_window", 11, window=2, num_global=1))
     for b in range(2):
@@ -69,7 +69,7 @@ def test_weights_are_returned_and_respect_the_pattern():
     q, k, v = (torch.randn(1, 3, 20, 8) for _ in range(3))
     out, weights = sparse_attention(q, k, v, "strided", stride=4, window=1, need_weights=True, is_causal=True)
     assert weights.shape == (1, 3, 20, 20)
-    from .formulas import formula
+    from tests.helpers.formulas import formula
 
     allowed = torch.from_numpy(formula("strided", 20, stride=4, window=1, causal=True))
     assert (weights[..., ~allowed] == 0).all()
@@ -178,7 +178,7 @@ def test_rows_the_pattern_leaves_empty_are_zero_in_every_backend():
 
 def test_blocksparse_passes_gradients_to_a_learned_bias():
     """T5-style learned position bias: the fused CPU path must not drop its gradient (it falls back to autograd)."""
-    from .formulas import formula
+    from tests.helpers.formulas import formula
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))

@@ -12,8 +12,7 @@ from hf_sparse.lab.finetune.record import sparse_summary
 from hf_sparse.lab.finetune.tasks import get_task
 from hf_sparse.lab.finetune.tasks.helpers import from_pretrained
 from hf_sparse.patch import iter_states
-
-from .conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 
 def _forward(model: torch.nn.Module, length: int = 32) -> None:

@@ -28,7 +28,7 @@ from hf_sparse.lab.study import (
 )
 from hf_sparse.lab.study import __main__ as study_script
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7}
 

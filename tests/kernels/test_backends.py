@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from hf_sparse.kernels import BACKENDS, reference_attention
-
-from .cases import make_cases
+from tests.helpers.cases import make_cases
 
 CASES = make_cases(240)
 FAST_BACKENDS = sorted(name for name in BACKENDS if name != "reference")

@@ -12,8 +12,7 @@ import hf_sparse
 from hf_sparse.learned import BlockGate, gate_scope, gates
 from hf_sparse.learned.distill import example_loss, gate_examples, train_gates
 from hf_sparse.patterns import MaskContext, make_pattern
-
-from .conftest import model_inputs, run_model, tiny_model
+from tests.helpers.models import model_inputs, run_model, tiny_model
 
 OPTIONS = {"block_size": 8, "k": 1}
 

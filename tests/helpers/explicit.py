@@ -1,7 +1,7 @@
 """An eager attention function with an explicit mask, registered under a test-only name.
 
 It is the independent oracle for model-level tests: plain matmul + softmax with the pattern mask given as a
-numpy formula (tests/formulas.py), combined with the model's own mask. Only modules listed in ``targets``
+numpy formula (tests/helpers/formulas.py), combined with the model's own mask. Only modules listed in ``targets``
 get the pattern; all others (cross-attention, untargeted layers) attend densely.
 """
 

@@ -16,7 +16,7 @@ from hf_sparse.lab.data import data_dir
 from hf_sparse.lab.finetune import ConfigError, RunConfig, get_task, run
 from hf_sparse.patch import last_backends, patched_modules
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 TINY = ["--data.max_train_samples", "8", "--data.max_eval_samples", "4", "--data.max_test_samples", "6",
         "--train.batch_size", "4", "--train.eval_batch_size", "3", "--train.epochs", "1", "--train.num_threads", "1",
         "--generation.max_new_tokens", "5", "--data.max_target_length", "8"]

@@ -8,8 +8,7 @@ import torch
 
 import hf_sparse
 from hf_sparse.patterns import MaskContext, allowed_matrix, make_pattern
-
-from .conftest import tiny_model
+from tests.helpers.models import tiny_model
 
 LENGTH = 1024
 LOCAL_PATTERNS = [

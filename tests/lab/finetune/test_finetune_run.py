@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 MODULE = ["-m", "hf_sparse.lab.finetune"]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 

@@ -10,7 +10,7 @@ import yaml
 from hf_sparse.lab.finetune import ConfigError, RunConfig, apply_overrides, get_task, task_names
 
 #: run configs of fine-tuning tasks (accelerate, analysis, bench and study configs have their own schemas and tests)
-CONFIGS = sorted(p for p in Path(__file__).resolve().parent.parent.glob("configs/*/*.yaml")
+CONFIGS = sorted(p for p in Path(__file__).resolve().parents[3].glob("configs/*/*.yaml")
                  if p.parent.name not in ("accelerate", "analysis", "bench", "study"))
 
 
@@ -37,14 +37,14 @@ def test_config_loads_and_round_trips(path):
 
 
 def test_dotted_overrides():
-    path = Path(__file__).resolve().parent.parent / "configs/sentiment/sliding_window.yaml"
+    path = Path(__file__).resolve().parents[3] / "configs/sentiment/sliding_window.yaml"
     cfg = RunConfig.load(path, ["--train.epochs", "2", "--sparse.options.window", "8", "--data.max_train_samples=64",
                                 "--model.config", "{hidden_dropout_prob: 0.2}", "--train.learning_rate", "1e-4"])
     assert (cfg.train.epochs, cfg.data.max_train_samples, cfg.train.learning_rate) == (2, 64, 1e-4)
     assert cfg.sparse_config().pattern.window == 8 and cfg.sparse_config().pattern.num_global == 1
     assert cfg.model.config == {"hidden_dropout_prob": 0.2}
     assert RunConfig.load(path, ["--sparse", "null"]).sparse is None
-    dense = Path(__file__).resolve().parent.parent / "configs/sentiment/dense.yaml"
+    dense = Path(__file__).resolve().parents[3] / "configs/sentiment/dense.yaml"
     made_sparse = RunConfig.load(dense, ["--sparse.pattern", "strided", "--sparse.options.stride", "4"])
     assert made_sparse.sparse_config().pattern.stride == 4
     assert apply_overrides({"a": {"b": 1}}, ["--a.c", "[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
@@ -86,7 +86,7 @@ def test_bad_seq2seq_configs_fail_with_one_line(overrides, message):
 
 
 def test_per_part_sparse_overrides():
-    path = Path(__file__).resolve().parent.parent / "configs/translation/dense.yaml"
+    path = Path(__file__).resolve().parents[3] / "configs/translation/dense.yaml"
     cfg = RunConfig.load(path, ["--sparse.encoder.pattern", "sliding_window", "--sparse.encoder.options.window", "3",
                                 "--sparse.decoder", "{pattern: strided, options: {stride: 2}}"])
     parts = cfg.sparse_parts()
@@ -100,7 +100,7 @@ def test_per_part_sparse_overrides():
 
 
 def _fails_with_one_line(config: str, overrides: list[str], message: str) -> None:
-    path = Path(__file__).resolve().parent.parent / "configs" / f"{config}.yaml"
+    path = Path(__file__).resolve().parents[3] / "configs" / f"{config}.yaml"
     with pytest.raises(ConfigError, match=message) as info:
         RunConfig.load(path, overrides)
     assert "\n" not in str(info.value)

@@ -11,8 +11,7 @@ import torch
 import hf_sparse
 from hf_sparse.kernels import AttentionCall, reference_attention, sparse_attention
 from hf_sparse.patterns import Dense, MaskContext, make_pattern
-
-from .conftest import model_inputs, run_model, tiny_model
+from tests.helpers.models import model_inputs, run_model, tiny_model
 
 
 def _blocks_by_loops(q, k, ctx, bs, top, n_local, n_global):

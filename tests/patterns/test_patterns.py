@@ -20,8 +20,7 @@ from hf_sparse.patterns import (
     pattern_from_dict,
     pattern_names,
 )
-
-from .formulas import formula
+from tests.helpers.formulas import formula
 
 FORMULA_CASES = [
     ("dense", {}),
