@@ -83,6 +83,7 @@ def test_rows_over_the_memory_budget_are_skipped_with_the_reason(tmp_path, capsy
         bench.BenchConfig(malloc_mmap_threshold_mb=64, malloc_trim_threshold_mb=2047)
 
 
+@pytest.mark.slow
 def test_rows_that_do_not_fit_side_by_side_run_alone(tmp_path, monkeypatch):
     bench = _load_script()
     args = ["--quick", "--models", "bert", "--lengths", "64", "--patterns", "sliding_window", "--modes", "inference",

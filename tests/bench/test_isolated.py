@@ -6,9 +6,11 @@ import os
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from hf_sparse.bench import isolated
 from hf_sparse.bench.isolated import run_interleaved, run_isolated
 from hf_sparse.bench.profiling import PeakMemory, time_runs
 
@@ -47,6 +49,9 @@ def test_rows_that_do_not_fit_fail_or_hang_are_reported_not_raised():
     assert slow["status"] == "skipped" and "timeout_s=0.5" in slow["reason"]
 
 
+_CLOCK = [0.0]  # a fake perf_counter for the row processes (each forked row advances its own copy)
+
+
 class _LoggedRow:
     """Appends ``name step`` to a shared log per step (one write: lines from the processes do not mix); a spec
     may fail while building, at a given step, or die or hang there."""
@@ -64,7 +69,7 @@ class _LoggedRow:
              "raise": lambda: (_ for _ in ()).throw(RuntimeError("step failed"))}[self.spec["fail"]]()
         with open(self.spec["log"], "a") as log:
             log.write(f"{self.spec['name']} {self.steps}\n")
-        time.sleep(self.spec.get("sleep", 0.0))
+        _CLOCK[0] += self.spec.get("tick", 0.0) * self.steps  # this step "takes" tick x its number
 
     def finish(self):
         return {"steps": self.steps, "pid": self.pid, "peak": 1.0}
@@ -74,16 +79,17 @@ def _log(path):
     return path.read_text().split()[::2]
 
 
-def test_interleaved_rows_step_in_turn_each_in_its_own_process(tmp_path):
+def test_interleaved_rows_step_in_turn_each_in_its_own_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(isolated, "time", SimpleNamespace(perf_counter=lambda: _CLOCK[0], monotonic=time.monotonic))
     log = tmp_path / "log"
-    specs = [{"name": name, "log": str(log), "sleep": 0.05 if name == "b" else 0.0} for name in "abc"]
+    specs = [{"name": name, "log": str(log), "tick": tick} for name, tick in zip("abc", (1.0, 10.0, 100.0), strict=True)]
     results = run_interleaved(_LoggedRow, specs, warmup=1, repeats=3, memory_gb=4, timeout_s=60)
     # rounds alternate direction: a b c, c b a, a b c, c b a (one warm-up round, three timed)
     assert "".join(_log(log)) == "abccbaabccba"
     assert [r["status"] for r in results] == ["ok"] * 3 and [r["steps"] for r in results] == [4, 4, 4]
     assert len({r["pid"] for r in results} | {os.getpid()}) == 4, "one process per row, none the parent"
-    assert all(len(r["times_s"]) == 3 for r in results)
-    assert min(results[1]["times_s"]) >= 0.05 > max(results[0]["times_s"]), "each row's own step is timed"
+    # each row reports the clock its own steps advanced, for the timed steps 2-4 only (step 1 is the warm-up)
+    assert [r["times_s"] for r in results] == [[2.0, 3.0, 4.0], [20.0, 30.0, 40.0], [200.0, 300.0, 400.0]]
 
 
 @pytest.mark.parametrize("fail", ["build", "raise", "die", "hang"])

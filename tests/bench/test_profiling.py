@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from hf_sparse.bench import profiling
 from hf_sparse.bench.profiling import (
     PeakAllocated,
     check_malloc_thresholds,
@@ -19,10 +21,16 @@ from hf_sparse.bench.profiling import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and forks (Linux)")
 
 
-def test_time_runs_times_only_the_repeats():
-    calls = []
-    times = time_runs(lambda: calls.append(1), warmup=2, repeats=3)
-    assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
+def test_time_runs_times_only_the_repeats(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(profiling, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    durations = iter([1000.0, 1000.0, 1.0, 2.0, 3.0])  # two warm-up calls, then the repeats
+
+    def step():
+        clock[0] += next(durations)
+
+    assert time_runs(step, warmup=2, repeats=3) == [1.0, 2.0, 3.0]
+    assert next(durations, None) is None, "five calls in all"
 
 
 def test_machine_description_names_the_cpu_and_the_allocator_settings(monkeypatch):
@@ -59,6 +67,7 @@ for _ in range(6):  # six "steps", each with 8 x 8 MB activation-sized blocks li
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not glibc_malloc(), reason="mallopt thresholds are a glibc feature")
 def test_fixed_malloc_thresholds_reuse_freed_blocks_instead_of_faulting_them_in_again():
     """In a fresh process glibc's dynamic thresholds give the 64 MB freed by each step back to the kernel, so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -77,6 +78,7 @@ def test_a_patched_model_keeps_no_masks_between_calls():
     assert held <= 0.01, f"{held:.2f} MB held after the call"
 
 
+@pytest.mark.slow
 def test_training_keeps_no_more_than_dense_until_backward():
     """Between a training forward and its backward, block-sparse attention holds what dense SDPA holds, within the
     0.01 MB the measure rounds to (the cached plan's index tables, about 2 KB here): tile masks are built again

@@ -104,6 +104,7 @@ def _script(name):
 TINY_BERT = "{num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 4, intermediate_size: 64, vocab_size: 120}"
 
 
+@pytest.mark.slow
 def test_train_gate_then_analyze_commands(tmp_path, capsys):
     gate_dir, out = tmp_path / "gate", tmp_path / "analysis"
     record = _script("train_gate").main([

@@ -143,6 +143,7 @@ def test_two_cpu_processes_account_for_the_global_batch(tmp_path):
     assert result.stdout.count("ddp: test loss") == 1  # one summary line, from the main process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--train.epoch", "1"], "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
     (["--train.batch_size", "big"], "config key 'train.batch_size' must be int, got str: 'big'"),

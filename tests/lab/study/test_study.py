@@ -147,6 +147,7 @@ class Counting:
         return inprocess_launcher(config_path, run_dir, timeout_s)
 
 
+@pytest.mark.slow
 def test_micro_study_report_failures_and_skips(tmp_path):
     out = tmp_path / "study"
     study = StudyConfig.from_dict(_micro(out))
