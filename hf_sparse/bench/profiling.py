@@ -182,7 +182,8 @@ def set_malloc_thresholds(mmap_threshold_mb: int, trim_threshold_mb: int) -> Non
     By default glibc serves blocks above a *dynamic* threshold (128 KB, raised up to 32 MB as mapped blocks are
     freed) with their own ``mmap`` and gives the heap's free top back to the kernel above twice that. A training
     step frees and re-allocates the same activation sizes every layer, so pages go back to the kernel and are
-    faulted in again (~0.5 µs per 4 KB page on the 2-core benchmark machine). Fixed thresholds stop that for
+    faulted in again (a fixed cost per step; docs/benchmarks.md, "Why the allocator matters").
+    Fixed thresholds stop that for
     blocks under ``mmap_threshold_mb``: they come from the heap, which is trimmed only when more than
     ``trim_threshold_mb`` of it is free at the top (``-1``: never; a BERT-base backward at 8,192 tokens frees
     more than the 2047 MB ``mallopt`` can express otherwise). Larger blocks (a BERT-base feed-forward activation

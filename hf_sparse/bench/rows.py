@@ -62,10 +62,8 @@ def estimate_gb(model_name: str, tokens: int, mode: str, quick: bool) -> float:
     ~0.6 GB of libraries, the fp32 weights (and as much again for gradients in training), and activations:
     per layer and token training keeps ~12 fp32 values of width ``hidden`` plus 2 of width ``4·hidden``,
     inference holds about two layers' worth; an LM head adds ``tokens × vocab`` logits (3× in training).
-    Attention itself is not counted (it depends on the kernel). Checked against measured peak-RSS growth
-    (results/bench_model/epyc_final_run1): BERT-base train at 8,192 tokens 5.52 GB measured vs 6.38 GB
-    estimated above the libraries and weights; at 4,096 2.78 vs 3.36. Earlier measurements at 512 tokens: BERT-base
-    train 0.69 GB above the weights vs 0.72 estimated, GPT-2 train 1.40 vs 1.18.
+    Attention itself is not counted (it depends on the kernel). How the estimate compares with measured peak-RSS
+    growth: docs/benchmarks.md ("Other measurements").
     """
     hidden, layers, params = (64, 2, 1e6) if quick else (768, 12, 86e6 if model_name != "gpt2" else 124e6)
     train = mode == "train"

@@ -31,10 +31,8 @@ def _band_view(x: torch.Tensor, b: int, first: int, rows: int, blocks: int, bs: 
 
 #: Band rows go to the fused kernel ``BAND_QUERIES // bs`` at a time, merged into one query row of
 #: ``BAND_QUERIES`` tokens that reads ``K + merge - 1`` key blocks (each original row keeps its own ``K`` under
-#: the mask). Chosen by A/B timing on the 2-core x86_64 CPU: PyTorch's CPU flash kernel ran merged 256-query rows
-#: faster than 128-query rows in training at 8,192 tokens, though they compute 11% more pairs; inference and 4,096
-#: tokens were equal within noise, and 384 or 512 queries per call were slower. Model-level rows with it:
-#: results/bench_model/bench_model.csv (before it: results/bench_model/quiet_before_merge/).
+#: the mask). Merging trades a few extra computed pairs for fewer, larger calls of the fused kernel; the timing
+#: behind 256 is in docs/benchmarks.md.
 BAND_QUERIES = 256
 
 
@@ -155,8 +153,7 @@ def _band_matmul(query, keys, values, work: GroupWork, scale, bs: int, out) -> N
     """A sliding band's forward without the log-sum-exp, one block row at a time over all heads: scores
     ``[H, bs, K*bs]`` by a batched matmul (plus the row's additive mask), an exact softmax, a batched matmul with
     the values, written into ``out [B, nq*bs, H, D]``; queries, keys and values are views. On small tiles this
-    runs at matmul speed where PyTorch's fused CPU kernel does not: scratch microbenchmark, 2-core AMD EPYC, one
-    BERT-base layer at 4,096 tokens, window 256: 57-65 ms against 70-88 ms for the fused kernel on merged rows.
+    runs at matmul speed where PyTorch's fused CPU kernel does not (timings: docs/benchmarks.md).
     Each row's scores live only for that row (``H * bs * K*bs`` elements, twice)."""
     batch, heads = query.shape[:2]
     span = work.slots * bs

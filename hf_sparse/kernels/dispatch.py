@@ -68,21 +68,13 @@ def _auto(call: AttentionCall) -> tuple[str, str]:
                            f"{MAX_TILE_FRACTION:.0%} of tiles; this call has {call.ctx.kv_len} keys)")
 
 
-#: Sparse kernels pay once at most this fraction of the attention tiles is computed. Measured on a 2-core CPU
-#: (results/bench_kernels): blocksparse at 0.63-0.92x dense SDPA with 44-56% of tiles, 1.3-1.7x at 100%; on an
-#: H200 (results/bench_kernels/h200) flex beats the masked SDPA fallback at 51% of tiles (1.19-1.28x vs 1.9-2.0x).
+#: A sparse kernel is chosen by ``auto`` only when at most this fraction of the attention tiles is computed
+#: (the benchmark rows behind the value: docs/benchmarks.md, "Where the auto thresholds come from").
 MAX_TILE_FRACTION = 0.6
 
 #: The fewest keys at which a sparse kernel beats the exact fallback (dense SDPA with the pattern as a mask),
-#: per (backend, device type); devices not listed fall back to masked SDPA. Measured:
-#: - blocksparse, CPU (2 cores, fp32, sliding_window at 12%, 64-token tiles, results/bench_kernels/short_512):
-#:   at 512 tokens fwd+bwd 0.74-0.78x the dense SDPA time, forward alone 0.94-1.35x (break-even); training a
-#:   ViT at 197 tokens with 16-token tiles ran at 0.45-0.61x the dense throughput.
-#: - flex, CUDA (H200, bf16, batch 1, 12 heads, results/bench_kernels/h200): at 4,096 keys flex took 1.7-3.8x
-#:   the dense time against masked SDPA's 1.4-1.7x; from 8,192 keys it beat masked SDPA on every pattern
-#:   (sliding_window 0.71x / 0.82x fwd / fwd+bwd vs 2.07x / 1.80x; 0.23-0.38x at 16-32k).
-#: - blocksparse, CUDA (the same runs; used when flex can't serve, e.g. attention dropout): at 4,096 keys
-#:   1.9-3.9x dense vs masked SDPA's 1.4-1.7x; at 16,384 0.69-1.11x vs 1.9-2.3x (8,192 not measured).
+#: per (backend, device type); devices not listed fall back to masked SDPA. The values come from
+#: ``hf-sparse bench-kernels`` rows, listed in docs/benchmarks.md ("Where the auto thresholds come from").
 MIN_KEYS: dict[tuple[str, str], int] = {("blocksparse", "cpu"): 512, ("flex", "cuda"): 8192,
                                         ("blocksparse", "cuda"): 16384}
 BLOCKSPARSE_MIN_LENGTH = MIN_KEYS["blocksparse", "cpu"]

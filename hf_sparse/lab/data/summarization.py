@@ -1,6 +1,6 @@
 """Summarization data: columns ``source`` (the text) and ``target`` (its summary), both ``str``.
 
-Offline (``source="offline"`` = ``"offline:debian_descriptions"``; DESIGN.md section 5): English Debian
+Offline (``source="offline"`` = ``"offline:debian_descriptions"``; docs/design.md, section 5): English Debian
 package descriptions from the ``Translation-en`` index (:mod:`.debian`): the long description (paragraphs
 separated by blank lines) is the source, the one-line synopsis the summary.
 

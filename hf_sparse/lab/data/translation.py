@@ -1,6 +1,6 @@
 """Translation data: columns ``source`` and ``target`` (``str``).
 
-Offline (``source="offline"``; DESIGN.md section 5): Debian package synopses and their translations, from
+Offline (``source="offline"``; docs/design.md, section 5): Debian package synopses and their translations, from
 the ``Translation-en/de/fr`` indexes joined on ``Description-md5`` (:mod:`.debian`):
 
 * ``"offline:debian_en_de"`` (what ``"offline"`` means): English -> German synopses;

@@ -1,6 +1,6 @@
 """The fine-tuning run config: dataclasses that round-trip YAML/JSON, plus dotted command-line overrides.
 
-Layout (see configs/*/*.yaml and notes/finetune_schema.md)::
+Layout (see configs/*/*.yaml and docs/finetune_and_study.md)::
 
     run_name, task, seed, output_dir
     model: name_or_path, config (architecture overrides, e.g. {patch_size: 2})
