@@ -12,6 +12,9 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/tests.log"
+# PATTERNS / LENGTHS: space-separated, passed as YAML lists (--patterns "[a, b]")
+patterns=$(echo ${PATTERNS:-sliding_window bigbird local_2d} | sed 's/ /, /g')
+lengths=$(echo ${LENGTHS:-4096 16384} | sed 's/ /, /g')
 timeout "${BENCH_TIMEOUT:-300}" python3 -m hf_sparse.cli bench-kernels --device cuda --dtype bfloat16 \
-  --patterns ${PATTERNS:-sliding_window bigbird local_2d} --lengths ${LENGTHS:-4096 16384} \
+  --patterns "[$patterns]" --lengths "[$lengths]" \
   --repeats 10 --warmup 3 --out "$out" 2>&1 | tee "$out/bench.log"

@@ -1,8 +1,12 @@
 """Kernel benchmark: sparse attention backends against dense SDPA, measured in the same run.
 
     hf-sparse bench-kernels                      # CPU fp32, the full grid (about 20 min on 2 cores)
-    hf-sparse bench-kernels --lengths 1024 --patterns sliding_window --repeats 3   # a quick look
-    hf-sparse bench-kernels --device cuda --dtype bfloat16                        # on a GPU
+    hf-sparse bench-kernels --lengths "[1024]" --patterns "[sliding_window]" --repeats 3   # a quick look
+    hf-sparse bench-kernels --device cuda --dtype bfloat16                                # on a GPU
+    hf-sparse bench-kernels --config my_kernels.yaml --backends "[blocksparse]"
+
+Every ``KernelBenchConfig`` field is a YAML key and a ``--key value`` override, values parsed as YAML
+(:mod:`hf_sparse.cli.settings`).
 
 For each pattern, length and mode (forward; forward+backward) it times dense SDPA without a mask, dense
 SDPA with the pattern as a boolean mask, and each sparse backend, interleaving the variants and taking
@@ -12,7 +16,6 @@ medians after warm-up. Ratios are time / dense SDPA time from the same run. Writ
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -26,11 +29,43 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hf_sparse.cli.settings import parse_command
 from hf_sparse.kernels import BACKENDS, AttentionCall, choose_backend
 from hf_sparse.kernels.blocksparse import plan_for
 from hf_sparse.patterns import MaskContext, Pattern, allowed_matrix, make_pattern
 
 from .profiling import allocator_env, cpu_description
+
+MODES = ("fwd", "fwd+bwd")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class KernelBenchConfig:
+    """Every setting of the kernel benchmark (YAML keys = these names; ``--key value`` overrides them)."""
+
+    patterns: list[str] = field(default_factory=lambda: ["sliding_window", "sliding_window_256", "bigbird", "strided",
+                                                         "local_2d"])
+    lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    backends: list[str] = field(default_factory=lambda: ["blocksparse", "flex"])  # timed besides dense / masked SDPA
+    batch: int = 1
+    heads: int = 12
+    head_dim: int = 64
+    dtype: str = "float32"
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    repeats: int = 5
+    warmup: int = 2
+    threads: int | None = None  # torch threads (null: torch's choice)
+    out: str = "results/bench_kernels"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("modes", MODES), ("backends", tuple(BACKENDS))):
+            bad = sorted(set(getattr(self, name)) - set(allowed))
+            if bad:
+                raise ValueError(f"unknown {name} {bad}; choose from {', '.join(allowed)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 def pattern_for(name: str, length: int) -> tuple[Pattern, MaskContext]:
@@ -114,18 +149,18 @@ class Row:
     ratio_vs_dense: dict[str, float] = field(default_factory=dict)
 
 
-def bench_row(name: str, length: int, backward: bool, args) -> Row:
+def bench_row(name: str, length: int, backward: bool, cfg: KernelBenchConfig) -> Row:
     pattern, ctx = pattern_for(name, length)
     length = ctx.q_len
     gen = torch.Generator().manual_seed(0)
-    shape = (args.batch, args.heads, length, args.head_dim)
-    dtype = getattr(torch, args.dtype)
-    q, k, v = (torch.randn(shape, generator=gen).to(args.device, dtype).requires_grad_(backward) for _ in range(3))
+    shape = (cfg.batch, cfg.heads, length, cfg.head_dim)
+    dtype = getattr(torch, cfg.dtype)
+    q, k, v = (torch.randn(shape, generator=gen).to(cfg.device, dtype).requires_grad_(backward) for _ in range(3))
     call = AttentionCall(q, k, v, pattern, ctx)
     plan = plan_for(call)
     token_density = float(allowed_matrix(pattern, ctx, q.device).float().mean())
-    variants = make_variants(call, args.backends, backward, args.device)
-    seconds = time_variants(variants, args.repeats, args.warmup)
+    variants = make_variants(call, cfg.backends, backward, cfg.device)
+    seconds = time_variants(variants, cfg.repeats, cfg.warmup)
     dense = seconds["dense_sdpa"]
     return Row(
         pattern=pattern.describe(), length=length, mode="fwd+bwd" if backward else "fwd",
@@ -136,15 +171,15 @@ def bench_row(name: str, length: int, backward: bool, args) -> Row:
     )
 
 
-def environment(args) -> dict:
+def environment(cfg: KernelBenchConfig) -> dict:
     env = {
         "flex_compiled": os.environ.get("HF_SPARSE_FLEX_COMPILE") == "1", "machine": platform.machine(),
         **cpu_description(), "allocator_env": allocator_env(),
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
-        "head_dim": args.head_dim, "repeats": args.repeats, "warmup": args.warmup,
+        "device": cfg.device, "dtype": cfg.dtype, "batch": cfg.batch, "heads": cfg.heads,
+        "head_dim": cfg.head_dim, "repeats": cfg.repeats, "warmup": cfg.warmup,
     }
-    if args.device == "cuda":
+    if cfg.device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     return env
 
@@ -162,44 +197,25 @@ def print_table(rows: list[Row], backends: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patterns", nargs="+",
-                        default=["sliding_window", "sliding_window_256", "bigbird", "strided", "local_2d"])
-    parser.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096, 8192])
-    parser.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
-    parser.add_argument("--backends", nargs="+", default=["blocksparse", "flex"],
-                        help="sparse backends to time besides dense and masked SDPA")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path("results/bench_kernels"))
-    args = parser.parse_args(argv)
-    unknown = sorted(set(args.backends) - set(BACKENDS))
-    if unknown:
-        parser.error(f"unknown backend(s) {unknown}; known: {sorted(BACKENDS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cfg, _ = parse_command(KernelBenchConfig, argv, description=__doc__)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     # Time compiled FlexAttention at every length (compilation happens in the warm-up, outside the timings).
     os.environ.setdefault("HF_SPARSE_FLEX_COMPILE", "1")
 
     rows = []
-    for name in args.patterns:
-        for length in args.lengths:
-            for mode in args.modes:
-                row = bench_row(name, length, mode == "fwd+bwd", args)
+    for name in cfg.patterns:
+        for length in cfg.lengths:
+            for mode in cfg.modes:
+                row = bench_row(name, length, mode == "fwd+bwd", cfg)
                 rows.append(row)
                 print(f"  {row.pattern} L={row.length} {row.mode}: " + ", ".join(
                     f"{k} {v:.3f}x" for k, v in row.ratio_vs_dense.items() if k != "dense_sdpa"), flush=True)
-    print_table(rows, [b for b in args.backends if any(b in r.seconds for r in rows)])
+    print_table(rows, [b for b in cfg.backends if any(b in r.seconds for r in rows)])
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.device}-{args.dtype}"
-    payload = {"environment": environment(args), "rows": [asdict(r) for r in rows]}
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    stem = Path(cfg.out) / f"{cfg.device}-{cfg.dtype}"
+    payload = {"environment": environment(cfg), "rows": [asdict(r) for r in rows]}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     columns = ["pattern", "length", "mode", "token_density", "block_density", "block_size", "auto_backend"]
     variants = sorted({k for r in rows for k in r.seconds})

@@ -1,10 +1,14 @@
 """Whole-model speed and memory on long inputs: dense SDPA vs sparse patterns through ``patch_model``.
 
     hf-sparse bench-model                                    # everything below (hours on 2 CPU cores)
-    hf-sparse bench-model --models bert --lengths 4096 8192 --patterns sliding_window
-    hf-sparse bench-model --quick                            # smoke run on tiny shapes (~1 minute)
-    hf-sparse bench-model --config my_bench.yaml --repeats 5 # settings from YAML, then the flags
+    hf-sparse bench-model --models "[bert]" --lengths "[4096, 8192]" --patterns "[sliding_window]"
+    hf-sparse bench-model --quick true                       # smoke run on tiny shapes (~1 minute)
+    hf-sparse bench-model --config my_bench.yaml --repeats 5 # settings from YAML, then the overrides
     hf-sparse bench-model --config configs/bench/bert_long.yaml  # the long-input targets (~30 minutes)
+    hf-sparse bench-model --pattern_options.bigbird.block_size 32 --interleave false
+
+Every ``BenchConfig`` field is a YAML key and a ``--key value`` override, values parsed as YAML
+(:mod:`hf_sparse.cli.settings`).
 
 Models (random init, fp32, batch 1, all dropout probabilities 0): a BERT-base-shaped encoder
 (``BertConfig()`` + a classification head, positions extended with ``hf_sparse.extend_positions``), a
@@ -22,7 +26,7 @@ Interleaved (the default; ``timing: interleaved``): the rows of one model, mode 
 pattern) are built side by side, each in its own process, and take their steps in turn, one process stepping
 at a time, in reverse order every other round (``hf_sparse.bench.isolated.run_interleaved``), so a change of the
 machine's speed during the run slows dense and sparse rows alike instead of whichever ran then. Rows whose
-estimated memory does not fit the budget side by side, and ``--no-interleave``, run one after the other
+estimated memory does not fit the budget side by side, and ``--interleave false``, run one after the other
 (``timing: alone``).
 
 Memory (``hf_sparse.bench.profiling``): each row runs in its own child process (forked after the imports, before
@@ -38,11 +42,11 @@ sparse rows drop hf_sparse's cached masks and plans first, so building them and 
 
 Rows too large for the machine are skipped, not crashed on: a row whose estimated process memory (libraries,
 weights, gradients, activations that grow with the length, LM-head logits; attention itself not counted)
-exceeds ``--max-memory-gb`` (default 75% of the memory available at start) is not started, and every child
+exceeds ``--max_memory_gb`` (default 75% of the memory available at start) is not started, and every child
 runs under ``RLIMIT_DATA`` = that budget, so a failed
 allocation or a killed child becomes ``status: skipped`` with the reason.
 
-Allocator: glibc's defaults unless ``--malloc-mmap-threshold-mb`` and ``--malloc-trim-threshold-mb`` are given;
+Allocator: glibc's defaults unless ``--malloc_mmap_threshold_mb`` and ``--malloc_trim_threshold_mb`` are given;
 then every row's process fixes them first (``hf_sparse.bench.profiling.set_malloc_thresholds``: dense and sparse rows
 alike), so activations under the mmap threshold are reused between steps instead of page-faulted in again.
 
@@ -52,7 +56,6 @@ a table is printed.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -66,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from hf_sparse.cli.settings import parse_command
 
 from .isolated import run_interleaved, run_isolated
 from .profiling import allocator_env, available_memory_gb, check_malloc_thresholds, cpu_description
@@ -79,7 +82,7 @@ MODES = ("inference", "train")
 
 @dataclass
 class BenchConfig:
-    """Every setting of the benchmark (YAML keys = these names; flags override them)."""
+    """Every setting of the benchmark (YAML keys = these names; ``--key value`` overrides them)."""
 
     models: list[str] = field(default_factory=lambda: list(MODELS))
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192])
@@ -245,36 +248,18 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
 
 
+QUICK_KEYS = ("lengths", "image_sizes", "repeats", "warmup", "threads")  # quick sets them; overrides still win
+
+
 def parse_config(argv: list[str] | None = None) -> BenchConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML file with BenchConfig keys (flags override it)")
-    parser.add_argument("--models", nargs="+", choices=MODELS)
-    parser.add_argument("--lengths", nargs="+", type=int, help="text lengths in tokens")
-    parser.add_argument("--image-sizes", nargs="+", type=int, help="ViT image sizes in pixels (448 -> 785 tokens)")
-    parser.add_argument("--patterns", nargs="+", help="sparse patterns besides dense (local_2d runs on ViT only)")
-    parser.add_argument("--modes", nargs="+", choices=MODES)
-    parser.add_argument("--backend", help="hf_sparse backend: auto (default) or a name from hf_sparse.backend_names()")
-    parser.add_argument("--density", type=float, help="target share of dense pairs for the window sizes (0.125)")
-    parser.add_argument("--window", type=int, help="fixed sliding_window window instead of --density")
-    parser.add_argument("--num-global", type=int, help="global tokens added to every pattern (0)")
-    parser.add_argument("--pattern-options", type=json.loads, help='JSON, e.g. \'{"bigbird": {"block_size": 32}}\'')
-    for name, kind in (("repeats", int), ("warmup", int), ("threads", int), ("batch", int), ("seed", int),
-                       ("max-memory-gb", float), ("timeout-s", float), ("malloc-mmap-threshold-mb", int),
-                       ("malloc-trim-threshold-mb", int)):
-        parser.add_argument(f"--{name}", type=kind)
-    parser.add_argument("--out", help="output folder (results/bench_model)")
-    parser.add_argument("--quick", action="store_true", default=None, help="tiny shapes, a smoke run")
-    parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
-                        help="step the rows of one model, mode and size in turn, each in its own process (default)")
-    args = parser.parse_args(argv)
-    values = yaml.safe_load(args.config.read_text()) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
-    cfg = BenchConfig(**values)
+    """The settings: ``BenchConfig`` defaults, ``--config FILE.yaml``, ``--key value`` overrides
+    (:mod:`hf_sparse.cli.settings`); ``quick: true`` then shrinks the shapes, except keys set on the command line."""
+    cfg, args = parse_command(BenchConfig, argv, description=__doc__)
     if cfg.quick:
+        explicit = {key: getattr(cfg, key) for key in QUICK_KEYS if key in args.overridden}
         cfg.apply_quick()
-        for key in ("lengths", "image_sizes", "repeats", "warmup", "threads"):  # explicit flags still win
-            if getattr(args, key) is not None:
-                setattr(cfg, key, getattr(args, key))
+        for key, value in explicit.items():
+            setattr(cfg, key, value)
     if cfg.max_memory_gb is None:
         cfg.max_memory_gb = available_memory_gb(0.75)
     return cfg
@@ -285,13 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     import transformers as tf
 
-    import hf_sparse
+    from hf_sparse.kernels import backend_names
 
     for name in ("BertForSequenceClassification", "GPT2LMHeadModel", "ViTForImageClassification"):
         getattr(tf, name)  # import the model code once, before the per-row processes are forked
 
-    if cfg.backend not in hf_sparse.backend_names():
-        raise SystemExit(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(hf_sparse.backend_names())}")
+    if cfg.backend not in backend_names():
+        raise SystemExit(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(backend_names())}")
     rows = plan_rows(cfg)
     print(f"bench_model: {len(rows)} rows, backend={cfg.backend}, threads={cfg.threads}, "
           f"memory budget {cfg.max_memory_gb} GB", flush=True)

@@ -2,8 +2,11 @@
 
     hf-sparse study --config configs/study/default.yaml
     hf-sparse finetune --config configs/sentiment/sliding_window.yaml --train.epochs 1
-    hf-sparse bench-model --config configs/bench/bert_long.yaml
+    hf-sparse bench-model --config configs/bench/bert_long.yaml --repeats 5 --lengths "[4096, 8192]"
     hf-sparse <command> --help
+
+Every command takes its settings the same way (:mod:`hf_sparse.cli.settings`): ``--config FILE.yaml``, then
+``--key value`` / ``--nested.key value`` overrides, values parsed as YAML.
 
 Each subcommand is the ``main(argv)`` of one module, imported only when that subcommand runs, so the
 command starts fast and ``import hf_sparse`` never loads the lab or the benchmarks.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+
+from .settings import ConfigError
 
 # subcommand -> (module with a ``main(argv)``, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,5 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     sys.argv = [f"hf-sparse {name}", *rest]  # so argparse's usage lines name the subcommand
-    result = module.main(rest)
+    try:
+        result = module.main(rest)
+    except ConfigError as exc:  # bad settings: the one-line message, no traceback
+        print(f"hf-sparse {name}: error: {exc}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0

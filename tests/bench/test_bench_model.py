@@ -30,9 +30,9 @@ def _read(out: Path):
 @pytest.mark.slow
 def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
     bench = _load_script()
-    args = ["--quick", "--models", "bert", "gpt2", "vit", "--lengths", "64", "--image-sizes", "32",
-            "--patterns", "sliding_window", "local_2d", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
-            "--malloc-mmap-threshold-mb", "32", "--malloc-trim-threshold-mb", "-1"]
+    args = ["--quick", "true", "--models", "[bert, gpt2, vit]", "--lengths", "[64]", "--image_sizes", "[32]",
+            "--patterns", "[sliding_window, local_2d]", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
+            "--malloc_mmap_threshold_mb", "32", "--malloc_trim_threshold_mb", "-1"]
     proc = subprocess.run([sys.executable, "-m", "hf_sparse.cli", "bench-model", *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data, csv_rows = _read(tmp_path)
@@ -68,8 +68,8 @@ def test_quick_run_writes_one_row_per_case_with_ratios_from_the_times(tmp_path):
 
 def test_rows_over_the_memory_budget_are_skipped_with_the_reason(tmp_path, capsys):
     bench = _load_script()
-    code = bench.main(["--quick", "--models", "bert", "--lengths", "64", "--patterns", "sliding_window", "--modes",
-                       "inference", "--max-memory-gb", "0.01", "--out", str(tmp_path)])  # no row is started
+    code = bench.main(["--quick", "true", "--models", "[bert]", "--lengths", "[64]", "--patterns", "[sliding_window]",
+                       "--modes", "[inference]", "--max_memory_gb", "0.01", "--out", str(tmp_path)])  # no row is started
     assert code == 0
     data, csv_rows = _read(tmp_path)
     assert [r["status"] for r in data["rows"]] == ["skipped", "skipped"] and len(csv_rows) == 2
@@ -86,20 +86,20 @@ def test_rows_over_the_memory_budget_are_skipped_with_the_reason(tmp_path, capsy
 @pytest.mark.slow
 def test_rows_that_do_not_fit_side_by_side_run_alone(tmp_path, monkeypatch):
     bench = _load_script()
-    args = ["--quick", "--models", "bert", "--lengths", "64", "--patterns", "sliding_window", "--modes", "inference",
-            "--out", str(tmp_path)]
+    args = ["--quick", "true", "--models", "[bert]", "--lengths", "[64]", "--patterns", "[sliding_window]", "--modes",
+            "[inference]", "--out", str(tmp_path)]
     monkeypatch.setattr(bench, "estimate_gb", lambda *a: 4.0)  # the budget is each forked child's RLIMIT_DATA:
-    assert bench.main([*args, "--max-memory-gb", "6"]) == 0    # large enough for a pytest process's copy
+    assert bench.main([*args, "--max_memory_gb", "6"]) == 0    # large enough for a pytest process's copy
     data, _ = _read(tmp_path)
     assert [(r["status"], r["timing"]) for r in data["rows"]] == [("ok", "alone")] * 2, "one row fits, two do not"
-    assert bench.main([*args, "--no-interleave", "--max-memory-gb", "8"]) == 0
+    assert bench.main([*args, "--interleave", "false", "--max_memory_gb", "8"]) == 0
     assert [r["timing"] for r in _read(tmp_path)[0]["rows"]] == ["alone"] * 2
-    assert bench.main([*args, "--max-memory-gb", "8"]) == 0
+    assert bench.main([*args, "--max_memory_gb", "8"]) == 0
     assert [r["timing"] for r in _read(tmp_path)[0]["rows"]] == ["interleaved"] * 2
 
 
 def test_bench_configs_load_round_trip_and_flags_override_them(tmp_path):
-    """Every ``configs/bench/*.yaml`` is a valid BenchConfig that survives YAML; command-line flags win."""
+    """Every ``configs/bench/*.yaml`` is a valid BenchConfig that survives YAML; command-line overrides win."""
     import dataclasses
 
     import yaml
@@ -108,13 +108,18 @@ def test_bench_configs_load_round_trip_and_flags_override_them(tmp_path):
     paths = sorted((ROOT / "configs" / "bench").glob("*.yaml"))
     assert paths
     for path in paths:
-        cfg = bench.parse_config(["--config", str(path), "--max-memory-gb", "4"])
+        cfg = bench.parse_config(["--config", str(path), "--max_memory_gb", "4"])
         again = tmp_path / path.name
         again.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
         assert bench.parse_config(["--config", str(again)]) == cfg
     long = bench.parse_config(["--config", str(ROOT / "configs/bench/bert_long.yaml"), "--repeats", "5",
-                               "--malloc-trim-threshold-mb", "2047", "--max-memory-gb", "4"])
+                               "--malloc_trim_threshold_mb", "2047", "--max_memory_gb", "4"])
     assert (long.models, long.lengths, long.patterns, long.density) == (["bert"], [4096, 8192], ["sliding_window"], 0.125)
     assert (long.repeats, long.malloc_mmap_threshold_mb, long.malloc_trim_threshold_mb) == (5, 32, 2047)
     assert long.interleave is True
-    assert bench.parse_config(["--no-interleave", "--max-memory-gb", "4"]).interleave is False
+    assert bench.parse_config(["--interleave", "false", "--max_memory_gb", "4"]).interleave is False
+    quick = bench.parse_config(["--quick", "true", "--repeats", "3", "--lengths", "[96]", "--max_memory_gb", "4"])
+    assert (quick.lengths, quick.image_sizes, quick.repeats, quick.threads) == ([96], [32, 64], 3, 1), \
+        "quick shrinks the shapes, overrides on the command line still win"
+    with pytest.raises(ValueError, match=r"unknown config key 'image-sizes' \(did you mean 'image_sizes'\?\)"):
+        bench.parse_config(["--image-sizes", "[896]"])

@@ -1,9 +1,12 @@
 """Attention-mass recall of sparse patterns on a model and real inputs: which pattern keeps how much of the
 dense model's attention, per layer and head, at equal density; plus pictures of what each head kept.
 
-    hf-sparse analyze --config configs/analysis/minilm_rt.yaml            # MiniLM, Rotten Tomatoes
-    hf-sparse analyze model=results/gate_minilm/checkpoints/model          # include the trained gate
-    hf-sparse analyze model=gpt2 model_config='{n_layer: 2}' data=random   # random-init GPT-2
+    hf-sparse analyze --config configs/analysis/minilm_rt.yaml                 # MiniLM, Rotten Tomatoes
+    hf-sparse analyze --model results/gate_minilm/checkpoints/model             # include the trained gate
+    hf-sparse analyze --model gpt2 --model_config.n_layer 2 --data random       # random-init GPT-2
+    hf-sparse analyze --config configs/analysis/minilm_rt.yaml --densities "[0.25, 0.5]" --seq_len 256
+
+Every setting of ``AnalyzeConfig`` is a YAML key and a ``--key value`` override (values parsed as YAML).
 
 Prints the recall table (one line per pattern: density, mean recall, worst head, per-layer recall) and writes
 to ``out_dir``: recall.csv (every layer and head), recall.json (settings, patterns, summary), table.txt, and PNGs:
@@ -23,7 +26,7 @@ from typing import Any
 import torch
 
 from hf_sparse.capture import capture_attention
-from hf_sparse.cli.settings import config_dict, parse_config
+from hf_sparse.cli.settings import config_dict, parse_command
 from hf_sparse.learned import LearnedGate, gates
 from hf_sparse.patch import patched_modules
 from hf_sparse.patterns import make_pattern
@@ -36,7 +39,7 @@ from .sources import load_model, model_inputs
 
 @dataclass
 class AnalyzeConfig:
-    """Settings (YAML keys / ``key=value`` overrides)."""
+    """Settings (YAML keys / ``--key value`` overrides, see :mod:`hf_sparse.cli.settings`)."""
 
     model: str = "minilm"                    # minilm | bert | gpt2 | vit (random init) | folder | hub id
     model_config: dict[str, Any] = field(default_factory=dict)   # config overrides (random-init sizes)
@@ -63,7 +66,7 @@ def gate_pattern(model: torch.nn.Module) -> LearnedGate | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(AnalyzeConfig, argv, description=__doc__)
+    cfg, _ = parse_command(AnalyzeConfig, argv, description=__doc__)
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out_dir)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                   cfg.num_global)
     if "learned_gate" in cfg.patterns and gate is None:
         print("learned_gate skipped: the model has no trained gates (train them with `hf-sparse train-gate` and "
-              "pass model=<its checkpoints/model folder>)")
+              "pass --model <its checkpoints/model folder>)")
     for label, pattern in patterns.items():
         print(f"  {label:24s} {pattern.describe()}")
 

@@ -2,7 +2,9 @@
 small gate learns to predict the dense model's block-pooled attention from block means of q and k.
 
     hf-sparse train-gate --config configs/analysis/gate_minilm_rt.yaml
-    hf-sparse train-gate model=bert model_config='{num_hidden_layers: 2}' data=random steps=5
+    hf-sparse train-gate --model bert --model_config.num_hidden_layers 2 --data random --steps 5
+
+Every setting of ``GateTrainConfig`` is a YAML key and a ``--key value`` override (values parsed as YAML).
 
 Prints the distillation loss while training and, on held-out inputs, the attention-mass recall of
 ``topk_blocks`` (the untrained gate's choice), the trained gate and the block oracle at the same budget.
@@ -22,7 +24,7 @@ import torch
 
 import hf_sparse
 from hf_sparse.capture import capture_attention
-from hf_sparse.cli.settings import config_dict, parse_config
+from hf_sparse.cli.settings import config_dict, parse_command
 from hf_sparse.learned.distill import gate_examples, train_gates
 from hf_sparse.patterns import make_pattern
 
@@ -32,7 +34,7 @@ from .sources import load_model, load_tokenizer, model_inputs
 
 @dataclass
 class GateTrainConfig:
-    """Settings (YAML keys / ``key=value`` overrides)."""
+    """Settings (YAML keys / ``--key value`` overrides, see :mod:`hf_sparse.cli.settings`)."""
 
     model: str = "minilm"                    # minilm | bert | gpt2 | vit (random init) | folder | hub id
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +57,7 @@ class GateTrainConfig:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(GateTrainConfig, argv, description=__doc__)
+    cfg, _ = parse_command(GateTrainConfig, argv, description=__doc__)
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out_dir)

@@ -10,9 +10,10 @@ Any config key can be overridden with a dotted flag (--sparse.options.window 8, 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+from hf_sparse.cli.settings import command_parser, parse_command
 
 from ..data import DataSourceError
 from . import ConfigError, Interrupted, RunConfig, run
@@ -20,16 +21,14 @@ from .record import write_failed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML run config (configs/<task>/<name>.yaml)")
+    parser = command_parser(__doc__, config_required=True)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
     parser.add_argument("--interrupt-after-steps", type=int, default=None,
                         help="testing: stop abruptly after this many optimizer steps, as a crash would")
-    args, overrides = parser.parse_known_args(argv)
 
     cfg = None
     try:
-        cfg = RunConfig.load(args.config, overrides)
+        cfg, args = parse_command(RunConfig, argv, parser)
         metrics = run(cfg, resume=args.resume, interrupt_after_steps=args.interrupt_after_steps)
     except Interrupted as exc:
         print(f"finetune: {exc}", file=sys.stderr)

@@ -20,22 +20,24 @@ names the key, the value and the fix.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hf_sparse.cli.settings import (
+    ConfigError,
+    apply_overrides,
+    build_dataclass,
+    load_settings,
+    read_yaml_mapping,
+)
 from hf_sparse.config import SparseConfig
 from hf_sparse.kernels import backend_names
 
-
-class ConfigError(ValueError):
-    """A run config is invalid; the message is one line naming the key and the fix."""
+__all__ = ["ConfigError", "DataConfig", "GenerateConfig", "ModelConfig", "RunConfig", "TrainConfig", "apply_overrides",
+           "build_dataclass", "read_yaml_mapping"]
 
 
 @dataclass
@@ -94,21 +96,6 @@ class TrainConfig:
     mixed_precision: str = "no"
     checkpoint_every_steps: int | None = None
     num_threads: int | None = None
-
-
-def read_yaml_mapping(path: str | Path, what: str = "config file", context: str = "") -> dict[str, Any]:
-    """The mapping in the YAML file ``path``; a one-line :class:`ConfigError` when the file is missing, is not
-    valid YAML or holds something else (``what`` names the file and ``context`` is appended to that error)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist{context}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-    return data
 
 
 @dataclass
@@ -172,7 +159,7 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         """Read the YAML file ``path`` and apply ``overrides`` (``["--train.epochs", "1", ...]``)."""
-        return cls.from_dict(apply_overrides(read_yaml_mapping(path), overrides or []))
+        return load_settings(cls, path, overrides)
 
 
 #: Parts a seq2seq ``sparse`` section may name (``sparse: {encoder: {...}, decoder: {...}}``).
@@ -187,72 +174,6 @@ def _sparse_config(data: Any, where: str) -> SparseConfig:
     if config.backend not in backend_names():
         raise ConfigError(f"{where}: unknown backend {config.backend!r}; choose one of: {', '.join(backend_names())}")
     return config
-
-
-# -- building and type checking -----------------------------------------------------------------------------
-
-
-def build_dataclass(cls: type, data: Any, prefix: str = "", *, kind: str = "config", float_strings: bool = False) -> Any:
-    """``cls`` from the mapping ``data``, type-checked against its annotations; every problem is a one-line
-    :class:`ConfigError` naming the dotted key (``prefix`` + name) and the fix. Nested dataclasses (also
-    optional ones and ``dict[str, Dataclass]`` values) are built recursively; ints are accepted for floats.
-
-    Args:
-        kind: the word in messages (``"unknown study key ..."``).
-        float_strings: also accept YAML 1.1's unquoted exponent floats (``1e-4`` reads as a string) for floats.
-    """
-    where = prefix.rstrip(".") or ("config" if kind == "config" else f"{kind} config")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), names, n=1)
-        hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown {kind} key {prefix + str(key)!r}{hint}; valid keys here: {', '.join(names)}")
-    return cls(**{name: _coerce(value, hints[name], f"{prefix}{name}", kind, float_strings)
-                  for name, value in data.items()})
-
-
-def _coerce(value: Any, hint: Any, key: str, kind: str, float_strings: bool) -> Any:
-    """``value`` if it matches the type ``hint`` (dataclasses are built), else :class:`ConfigError`."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if dataclasses.is_dataclass(option):
-            return build_dataclass(option, value, f"{key}.", kind=kind, float_strings=float_strings)
-        origin = typing.get_origin(option) or option
-        if origin is Any:
-            return value
-        if origin is dict and isinstance(value, dict):
-            args = typing.get_args(option)
-            if args and dataclasses.is_dataclass(args[1]):
-                return {str(k): build_dataclass(args[1], v, f"{key}.{k}.", kind=kind, float_strings=float_strings)
-                        for k, v in value.items()}
-            return value
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is float and float_strings and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin in (str, bool, list) and isinstance(value, origin):
-            return value
-    wanted = " or ".join(_type_name(o) for o in options)
-    raise ConfigError(f"{kind} key {key!r} must be {wanted}, got {type(value).__name__}: {value!r}")
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _type_name(hint: Any) -> str:
-    if hint is type(None):
-        return "null"
-    origin = typing.get_origin(hint) or hint
-    return {dict: "a mapping", list: "a list"}.get(origin, getattr(origin, "__name__", str(origin)))
 
 
 _POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.gradient_accumulation_steps",
@@ -299,41 +220,3 @@ def _check_values(cfg: RunConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"data.language_pair: {exc}") from None
     cfg.sparse_parts()  # validates the patterns, their options and the backend names now, not after loading data
-
-
-# -- command-line overrides -----------------------------------------------------------------------------------
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--a.b.c value`` / ``--a.b.c=value`` pairs to the nested mapping ``data`` (a new copy).
-
-    Values are parsed as YAML (``1`` is an int, ``null`` is None, ``[1, 2]`` a list, ``{window: 8}`` a
-    mapping). ``--sparse null`` makes a run dense; ``--sparse.pattern ...`` on a dense config starts a
-    sparse mapping.
-    """
-    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False))  # deep copy (keeping the key order)
-    items = list(overrides)
-    while items:
-        flag = items.pop(0)
-        if not flag.startswith("--") or len(flag) == 2:
-            raise ConfigError(f"expected an override like --train.epochs 1, got {flag!r}")
-        key, eq, text = flag[2:].partition("=")
-        if not eq:
-            if not items:
-                raise ConfigError(f"override --{key} has no value; write --{key} VALUE")
-            text = items.pop(0)
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        parts = key.split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override --{key}: {'.'.join(parts[: i + 1])} is {child!r}, not a mapping")
-            node = child
-        node[parts[-1]] = value
-    return data

@@ -13,27 +13,26 @@ bad study config.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import sys
 import time
+
+from hf_sparse.cli.settings import command_parser, parse_command
 
 from ..finetune import ConfigError
 from . import StudyConfig, collect, console, expand, run_study, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="study YAML (configs/study/<name>.yaml)")
+    parser = command_parser(__doc__, config_required=True)
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
                         help="run and report only the runs whose name matches (repeatable)")
     parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs; run nothing")
-    args, overrides = parser.parse_known_args(argv)
 
     # 1. The study config and its runs.
     try:
-        study = StudyConfig.load(args.config, overrides)
+        study, args = parse_command(StudyConfig, argv, parser)
         runs = expand(study)
     except ConfigError as exc:
         print(f"study: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from ..finetune.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping
+from hf_sparse.cli.settings import ConfigError, build_dataclass, load_settings, read_yaml_mapping
 
 LAUNCHERS = ("accelerate", "python")
 
@@ -113,6 +113,13 @@ class StudyConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    FILE_KIND = "study config file"  # for hf_sparse.cli.settings.load_settings
+
+    @classmethod
+    def normalize(cls, data: Any) -> Any:
+        """Dotted override and sweep keys written nested (before command-line overrides land in them)."""
+        return _normalize(data)
+
     @classmethod
     def from_dict(cls, data: Any) -> StudyConfig:
         return build_dataclass(cls, _normalize(data), kind="study")
@@ -120,8 +127,7 @@ class StudyConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
         """Read the study YAML ``path`` and apply ``--a.b value`` ``overrides``."""
-        data = read_yaml_mapping(path, "study config file")
-        return cls.from_dict(apply_overrides(_normalize(data), overrides or []))
+        return load_settings(cls, path, overrides)
 
 
 # -- planned runs -----------------------------------------------------------------------------------------------

@@ -108,16 +108,16 @@ TINY_BERT = "{num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 4, int
 def test_train_gate_then_analyze_commands(tmp_path, capsys):
     gate_dir, out = tmp_path / "gate", tmp_path / "analysis"
     record = _script("train_gate").main([
-        "model=bert", f"model_config={TINY_BERT}", "data=random", "seq_len=64", "train_sequences=4",
-        "eval_sequences=2", "batch_size=2", "steps=3", "block_size=8", f"out_dir={gate_dir}"])
+        "--model", "bert", "--model_config", TINY_BERT, "--data", "random", "--seq_len", "64", "--train_sequences", "4",
+        "--eval_sequences", "2", "--batch_size", "2", "--steps", "3", "--block_size", "8", "--out_dir", str(gate_dir)])
     assert len(record["history"]) == 3 and [s["pattern"] for s in record["held_out"]] == \
         ["topk_blocks", "learned_gate", "block_oracle"]
     checkpoint = gate_dir / "checkpoints" / "model"
     assert (checkpoint / "model.safetensors").exists() and (gate_dir / "metrics.json").exists()
 
     result = _script("analyze").main([
-        f"model={checkpoint}", "data=random", "seq_len=64", "num_sequences=2", "block_size=8",
-        "densities=[0.25, 0.5]", f"out_dir={out}"])
+        "--model", str(checkpoint), "--data", "random", "--seq_len", "64", "--num_sequences", "2", "--block_size", "8",
+        "--densities", "[0.25, 0.5]", f"--out_dir={out}"])
     printed = capsys.readouterr().out
     families = ["sliding_window", "bigbird", "topk_blocks", "learned_gate", "block_oracle"]
     labels = ["dense"] + [f"{f}@{d}" for d in (0.25, 0.5) for f in families]
@@ -136,5 +136,5 @@ def test_train_gate_then_analyze_commands(tmp_path, capsys):
 
 
 def test_analyze_rejects_unknown_settings():
-    with pytest.raises(ValueError, match="unknown setting.*windw.*valid settings: model"):
-        _script("analyze").main(["windw=3"])
+    with pytest.raises(ValueError, match=r"unknown config key 'windw'; valid keys here: model, model_config, data"):
+        _script("analyze").main(["--windw", "3"])
