@@ -10,9 +10,9 @@ import os
 from typing import Any
 
 import torch
-import transformers as tf
 
 from hf_sparse.kernels.plan import clear_plan_cache
+from hf_sparse.lab.models import random_model
 from hf_sparse.patch import last_backends, patch_model
 from hf_sparse.patterns import MaskContext, clear_caches, density, make_pattern
 from hf_sparse.positions import extend_positions
@@ -26,22 +26,22 @@ def build(model_name: str, tokens_or_size: int, quick: bool, seed: int):
     tiny = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=128) if quick else {}
     gen = torch.Generator().manual_seed(seed)
     if model_name == "bert":
-        config = tf.BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **tiny)
-        model = tf.BertForSequenceClassification(config)
+        model = random_model("bert", "classification", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **tiny)
+        config = model.config
         extend_positions(model, max(tokens_or_size, config.max_position_embeddings))
         inputs = {"input_ids": torch.randint(1000, config.vocab_size, (1, tokens_or_size), generator=gen)}
         labels = torch.tensor([1])
     elif model_name == "gpt2":
         small = dict(n_layer=2, n_head=4, n_embd=64) if quick else {}
-        config = tf.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **small)
-        model = tf.GPT2LMHeadModel(config)
+        model = random_model("gpt2", "lm", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **small)
+        config = model.config
         extend_positions(model, max(tokens_or_size, config.n_positions))
         inputs = {"input_ids": torch.randint(0, config.vocab_size, (1, tokens_or_size), generator=gen)}
         labels = inputs["input_ids"]
     else:
         extra = dict(image_size=16, patch_size=4) if quick else {}
-        config = tf.ViTConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **tiny, **extra)
-        model = tf.ViTForImageClassification(config)
+        model = random_model("vit", "classification", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                             **tiny, **extra)
         size = tokens_or_size
         inputs = {"pixel_values": torch.randn(1, 3, size, size, generator=gen), "interpolate_pos_encoding": True}
         labels = torch.tensor([1])

