@@ -60,6 +60,7 @@ def test_tables_are_tiled_short_inputs_unchanged_long_inputs_run_and_reload(fami
     assert torch.equal(run_model(loaded, long), out)
 
 
+@pytest.mark.slow
 def test_minilm_extended_to_2048_runs_a_padded_sparse_batch_and_reloads(tmp_path):
     model = tf.BertForSequenceClassification.from_pretrained(minilm_path(), num_labels=2).eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
