@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import sdpa_mask
 
+from .integration import register_attention
 from .kernels import AttentionCall, reference_attention
 from .kernels.call import combined_allowed, dynamic_allowed
 from .learned.gate import gate_scope
@@ -118,8 +118,7 @@ def _capture_forward(module, query, key, value, attention_mask, dropout=0.0, sca
 
 
 _RECORDING: dict[str, Any] = {}
-AttentionInterface.register(CAPTURE_NAME, _capture_forward)
-AttentionMaskInterface.register(CAPTURE_NAME, sdpa_mask)
+register_attention(CAPTURE_NAME, _capture_forward, sdpa_mask)
 
 
 @contextlib.contextmanager

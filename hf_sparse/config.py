@@ -77,8 +77,18 @@ class SparseConfig:
 
     @classmethod
     def build(cls, pattern: str | Pattern | dict[str, Any] = "sliding_window", **kwargs: Any) -> SparseConfig:
-        """Build from a pattern name plus keyword options mixed with config fields, as ``patch_model`` takes them."""
-        fields = {f.name for f in dataclasses.fields(cls)} - {"pattern"}
+        """Build from a pattern plus keywords, as ``patch_model`` takes them: ``backend``,
+        ``kernel_block_size``, ``target_modules`` and ``layers`` are config fields, every other keyword is an
+        option of the pattern named by ``pattern`` (no pattern option may take a field's name, see
+        :data:`~hf_sparse.patterns.registry.RESERVED_OPTION_NAMES`). ``version`` is not settable.
+
+        Raises:
+            TypeError: ``version`` given, an option the pattern does not take, or options given with a
+                pattern object or dict.
+        """
+        if "version" in kwargs:
+            raise TypeError("version= is neither a setting nor a pattern option (hf_sparse sets the config version); drop it")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"pattern", "version"}
         config_kwargs = {k: v for k, v in kwargs.items() if k in fields}
         pattern_options = {k: v for k, v in kwargs.items() if k not in fields}
         return cls(pattern=as_pattern(pattern, **pattern_options), **config_kwargs)

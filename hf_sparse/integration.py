@@ -22,6 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ._registry import check_name
 from .config import SparseConfig
 from .kernels import AttentionCall, reference_attention, run_attention
 from .patterns import Dense, MaskContext
@@ -130,10 +131,25 @@ def sparse_attention_forward(
     return out.transpose(1, 2).contiguous(), weights
 
 
-def register() -> None:
-    """Register the attention function and the matching mask function (idempotent)."""
-    AttentionInterface.register(IMPLEMENTATION_NAME, sparse_attention_forward)
-    AttentionMaskInterface.register(IMPLEMENTATION_NAME, sdpa_mask)
+def register_attention(name: str, attention_fn: Any, mask_fn: Any, *, overwrite: bool = False) -> None:
+    """Register ``attention_fn`` in Transformers' ``AttentionInterface`` and ``mask_fn`` in its
+    ``AttentionMaskInterface`` under ``name`` (usable as ``attn_implementation``).
+
+    Raises:
+        ValueError: ``name`` is taken in either interface by another function (Transformers' own ``sdpa``
+            included) and ``overwrite`` is false; registering the same functions again is a no-op.
+    """
+    check_name(AttentionInterface(), "attention function", name, attention_fn, overwrite=overwrite)
+    check_name(AttentionMaskInterface(), "attention mask function", name, mask_fn, overwrite=overwrite)
+    AttentionInterface.register(name, attention_fn)
+    AttentionMaskInterface.register(name, mask_fn)
+
+
+def register(*, overwrite: bool = False) -> None:
+    """Register the attention function and the matching mask function under :data:`IMPLEMENTATION_NAME`
+    (idempotent; see :func:`register_attention`)."""
+    register_attention(IMPLEMENTATION_NAME, sparse_attention_forward, sdpa_mask, overwrite=overwrite)
+
 
 
 register()

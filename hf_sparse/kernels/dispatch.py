@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .._logging import log_once
+from .._registry import register_entry
 from ..patterns import MaskContext, Pattern, as_pattern
 from .blocksparse import blocksparse_attention, plan_for
 from .call import AttentionCall
@@ -38,10 +40,16 @@ class Backend:
 BACKENDS: dict[str, Backend] = {}
 
 
-def register_backend(backend: Backend) -> Backend:
-    """Add (or replace) a backend in the registry."""
-    BACKENDS[backend.name] = backend
-    return backend
+def register_backend(backend: Backend, *, overwrite: bool = False) -> Backend:
+    """Add ``backend`` to :data:`BACKENDS` under ``backend.name``.
+
+    Raises:
+        ValueError: the name is ``"auto"``, or is registered to another backend and ``overwrite`` is false
+            (registering an equal backend again is a no-op).
+    """
+    if backend.name == "auto":
+        raise ValueError("'auto' is the automatic backend choice, not a name a backend can take; choose another name")
+    return register_entry(BACKENDS, "backend", backend.name, backend, overwrite=overwrite)
 
 
 register_backend(Backend("reference", reference_attention, returns_weights=True))
@@ -150,10 +158,10 @@ def sparse_attention(
     position_bias: torch.Tensor | None = None,
     need_weights: bool = False,
     backend: str = "auto",
-    block_size: int | None = None,
+    kernel_block_size: int | None = None,
     image_grid: tuple[int, int] | None = None,
-    num_prefix: int | None = None,
-    **pattern_options,
+    image_prefix: int | None = None,
+    **pattern_options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sparse attention on raw tensors.
 
@@ -170,6 +178,14 @@ def sparse_attention(
         position_bias: additive float bias (T5), broadcastable to ``[B, Hq, Lq, Lk]``.
         need_weights: also return the attention probabilities ``[B, Hq, Lq, Lk]``.
         backend: ``"auto"`` or a name from :data:`BACKENDS`.
+        kernel_block_size: tile size of block-sparse kernels (``None``: the pattern's ``block_size`` if it
+            has one, else chosen by the kernel).
+        image_grid / image_prefix: patch grid and count of prefix tokens before it, for image patterns
+            (``local_2d``) whose own ``grid`` / ``num_prefix`` options are ``None``.
+        **pattern_options: options of a pattern given by name (e.g. ``window=64``, ``block_size=32``). The
+            keywords above are never pattern options (see
+            :data:`~hf_sparse.patterns.registry.RESERVED_OPTION_NAMES`); ``TypeError`` names an option the
+            pattern does not take, or options given with a pattern object.
 
     Returns:
         ``(out [B, Hq, Lq, Dv], weights or None)``.
@@ -184,12 +200,12 @@ def sparse_attention(
         raise ValueError(f"query length {q_len} exceeds key length {kv_len}; queries must be the last keys")
     ctx = MaskContext(
         q_len=q_len, kv_len=kv_len, q_offset=kv_len - q_len, causal=is_causal,
-        image_grid=image_grid, num_prefix=num_prefix,
+        image_grid=image_grid, num_prefix=image_prefix,
     )
     call = AttentionCall(
         query=query, key=key, value=value, pattern=as_pattern(pattern, **pattern_options), ctx=ctx,
         attention_mask=attention_mask, scale=scale, dropout_p=dropout_p, position_bias=position_bias,
-        need_weights=need_weights, block_size=block_size,
+        need_weights=need_weights, block_size=kernel_block_size,
     )
     out, weights, _ = run_attention(call, backend)
     return out, weights

@@ -9,6 +9,7 @@ from .materialize import allowed_matrix, block_layout, bound_mask_mod, clear_cac
 from .random import BigBird, RandomBlocks
 from .registry import (
     PATTERNS,
+    RESERVED_OPTION_NAMES,
     as_pattern,
     make_pattern,
     option_names,
@@ -19,7 +20,8 @@ from .registry import (
 from .strided import Dilated, Strided
 
 __all__ = [
-    "PATTERNS", "BigBird", "BlockLayout", "BlockLocal", "Dense", "Dilated", "Intersection", "Local2D",
+    "PATTERNS", "RESERVED_OPTION_NAMES", "BigBird", "BlockLayout", "BlockLocal", "Dense", "Dilated",
+    "Intersection", "Local2D",
     "Longformer", "MaskContext", "MaskMod", "Pattern", "RandomBlocks", "SlidingWindow", "Strided", "Union",
     "allowed_matrix", "as_pattern", "block_layout", "bound_mask_mod", "clear_caches", "density",
     "make_pattern", "option_names", "pattern_from_dict", "pattern_names", "register_pattern",

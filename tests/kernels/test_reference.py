@@ -54,7 +54,7 @@ def test_fully_masked_rows_are_zero_with_finite_zero_gradients():
     pad[..., :2] = True  # keys 0-1 only; a window of 1 leaves rows 3..5 with nothing allowed
     for backend in ("reference", "masked_sdpa", "blocksparse"):
         out, _ = sparse_attention(q, k, v, "sliding_window", window=1, attention_mask=pad, backend=backend,
-                                  block_size=2)
+                                  kernel_block_size=2)
         assert torch.isfinite(out).all()
         assert (out[0, 0, 3:] == 0).all() and (out[0, 0, :3] != 0).any()
         (out.sum()).backward()
@@ -145,7 +145,7 @@ def test_dynamic_patterns_are_bound_once_per_call_from_the_data():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 3, 20, 8), torch.randn(2, 3, 20, 8), torch.randn(2, 3, 20, 8)
     LoudestBlock.binds.clear()
-    out, weights = sparse_attention(q, k, v, LoudestBlock(), need_weights=True, block_size=5)
+    out, weights = sparse_attention(q, k, v, LoudestBlock(), need_weights=True, kernel_block_size=5)
     assert LoudestBlock.binds == [5]
     best = k.norm(dim=-1).view(2, 3, 4, 5).sum(-1).argmax(-1)
     for b in range(2):
@@ -154,7 +154,7 @@ def test_dynamic_patterns_are_bound_once_per_call_from_the_data():
             want = torch.softmax(q[b, h] @ k[b, h, keep].T * 8 ** -0.5, -1) @ v[b, h, keep]
             torch.testing.assert_close(out[b, h], want, atol=1e-5, rtol=1e-5)
             assert (weights[b, h, :, keep].sum(-1) - 1).abs().max() < 1e-5
-    masked, _ = sparse_attention(q, k, v, LoudestBlock(), backend="masked_sdpa", block_size=5)
+    masked, _ = sparse_attention(q, k, v, LoudestBlock(), backend="masked_sdpa", kernel_block_size=5)
     torch.testing.assert_close(masked, out, atol=1e-5, rtol=1e-5)
 
 
@@ -164,7 +164,7 @@ def test_rows_the_pattern_leaves_empty_are_zero_in_every_backend():
     q, k, v = (torch.randn(2, 2, 23, 8, requires_grad=True) for _ in range(3))
     outs = {}
     for backend in ("reference", "masked_sdpa", "blocksparse"):
-        out, _ = sparse_attention(q, k, v, pattern, backend=backend, block_size=4)
+        out, _ = sparse_attention(q, k, v, pattern, backend=backend, kernel_block_size=4)
         grads = torch.autograd.grad(out.sum(), (q, k, v))
         assert all(torch.isfinite(g).all() for g in grads)
         outs[backend] = out
@@ -187,7 +187,7 @@ def test_blocksparse_passes_gradients_to_a_learned_bias():
     for backend in ("reference", "blocksparse"):
         bias = base.clone().requires_grad_()
         out, _ = sparse_attention(q, k, v, "sliding_window", window=5, position_bias=bias, backend=backend,
-                                  block_size=8)
+                                  kernel_block_size=8)
         (out * torch.linspace(-1, 1, 8)).sum().backward()
         grads[backend] = bias.grad
     assert grads["blocksparse"] is not None and grads["blocksparse"].abs().sum() > 0
