@@ -3,23 +3,27 @@
 Patching (1) stores a :class:`~hf_sparse.integration.ModuleSparseState` on each targeted self-attention
 module, (2) switches the model's configs to the ``hf_sparse`` attention implementation (registered with
 Transformers' ``AttentionInterface`` and ``AttentionMaskInterface``), remembering what each config used
-before, and (3) records the settings in ``model.config.hf_sparse`` so ``save_pretrained`` keeps them.
-Unpatching removes all three; the model then computes bit-identically to before.
+before, and (3) records the settings in ``model.config.hf_sparse`` so ``save_pretrained`` keeps them:
+``{"version": <hf_sparse version that wrote them>, "rules": [{"config": SparseConfig.to_dict(), "modules":
+[names]}, ...]}``. Unpatching removes all three; the model then computes bit-identically to before.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
+from ._version import __version__
 from .config import SparseConfig
 from .integration import IMPLEMENTATION_NAME, STATE_ATTR, ModuleSparseState, get_state
 from .kernels import backend_names
 from .learned.weights import restore_added_weights
 from .models import AttentionSite, check_supported, image_layout, model_type
+from .patterns import Pattern
 
 SAVED_KEY = "hf_sparse"
 _ORIGINALS_ATTR = "_hf_sparse_original_attn"
@@ -29,7 +33,7 @@ FilterFn = Callable[[str, torch.nn.Module], bool]
 
 def patch_model(
     model: torch.nn.Module,
-    pattern: Any = "sliding_window",
+    pattern: str | Pattern | dict[str, Any] | SparseConfig = "sliding_window",
     *,
     target_modules: str | list[str] | None = None,
     filter_fn: FilterFn | None = None,
@@ -55,6 +59,14 @@ def patch_model(
         max_positions: also let the model take this many tokens (learned position tables are tiled, see
             :func:`hf_sparse.extend_positions`, which also updates a tokenizer); ``None`` leaves them.
 
+    Keywords: the named ones above are settings; every other keyword is an option of the pattern named by
+    ``pattern`` (``window=64``, ``block_size=32``, ``num_global=1``). The two never share a name:
+    ``register_pattern`` refuses a pattern whose option is named like a setting
+    (:data:`~hf_sparse.patterns.registry.RESERVED_OPTION_NAMES`), so the tile size of a kernel is always
+    ``kernel_block_size=`` and a pattern's blocks ``block_size=``. ``TypeError`` names an option the pattern
+    does not take, options given with a :class:`Pattern` object or dict, and settings or options given with
+    a :class:`SparseConfig` (which carries them all; only ``filter_fn`` and ``max_positions`` may join it).
+
     Calling it again adds or overrides settings for the modules it targets. Cross-attention always stays
     dense. Returns ``model``.
     """
@@ -64,7 +76,7 @@ def patch_model(
         if pattern_options or given:
             raise TypeError(
                 f"patch_model got a SparseConfig and also {', '.join(sorted([*pattern_options, *given]))}; "
-                "set them on the SparseConfig"
+                "set them on the SparseConfig (dataclasses.replace(config, ...)) or pass a pattern instead"
             )
         config = pattern
     else:
@@ -189,7 +201,8 @@ def _restore_implementation(model: torch.nn.Module) -> None:
 
 
 def _record(model: torch.nn.Module, config: SparseConfig, names: list[str]) -> None:
-    saved = getattr(model.config, SAVED_KEY, None) or {"version": config.version, "rules": []}
+    saved = getattr(model.config, SAVED_KEY, None) or {"rules": []}
+    saved["version"] = __version__
     saved["rules"].append({"config": config.to_dict(), "modules": names})
     setattr(model.config, SAVED_KEY, saved)
 
@@ -227,13 +240,19 @@ def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def apply_saved_patch(model: torch.nn.Module) -> torch.nn.Module:
-    """Re-apply the settings a patched model saved in ``model.config.hf_sparse`` (after ``from_pretrained``)."""
+    """Re-apply the settings a patched model saved in ``model.config.hf_sparse`` (after ``from_pretrained``).
+
+    Settings written by any hf_sparse version load (older, newer, or without a recorded version); a
+    ``UserWarning`` says so when the writer's major version differs from the installed one. Each rule's
+    :class:`SparseConfig` still checks its own format version.
+    """
     saved = getattr(model.config, SAVED_KEY, None)
     if not saved or not saved.get("rules"):
         raise ValueError(
             f"{type(model).__name__}'s config has no hf_sparse settings: the checkpoint was not saved from a "
             "patched model; use patch_model instead"
         )
+    _check_saved_version(saved.get("version"))
     delattr(model.config, SAVED_KEY)
     by_name = {s.name: s for s in check_supported(model)}
     prefix = getattr(model, "base_model_prefix", "") or ""
@@ -246,6 +265,23 @@ def apply_saved_patch(model: torch.nn.Module) -> torch.nn.Module:
             raise ValueError(f"saved hf_sparse settings name module(s) this model does not have: {_preview(missing)}")
         _apply(model, SparseConfig.from_dict(rule["config"]), [by_name[c] for c in found.values()])
     return model
+
+
+def _major(version: object) -> str | None:
+    """The major component of a version string; ``None`` for anything else (missing, or the format number
+    that settings saved before versions were recorded carry)."""
+    return version.split(".", 1)[0] if isinstance(version, str) and version else None
+
+
+def _check_saved_version(version: object) -> None:
+    saved, installed = _major(version), _major(__version__)
+    if saved is not None and saved != installed:
+        warnings.warn(
+            f"hf_sparse settings were saved by hf_sparse {version}, installed is {__version__} (another major "
+            "version); they were applied, check the model's outputs",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def load_patched(model_class: Any, path: str, **from_pretrained_kwargs: Any) -> torch.nn.Module:
