@@ -10,7 +10,7 @@ import torch
 import transformers as tf
 
 import hf_sparse
-from hf_sparse.patterns import Local2D, MaskContext
+from hf_sparse.patterns import Local2D, MaskContext, allowed_matrix
 from tests.helpers.explicit import explicit_copy
 from tests.helpers.formulas import formula
 from tests.helpers.models import minilm_path, model_inputs, run_model, tiny_model
@@ -220,5 +220,5 @@ def test_local_2d_infers_the_grid_scaled_from_the_model_grid():
     with pytest.raises(ValueError, match=r"64 tokens.*grid=\(rows, cols\).*extend_positions"):
         grid_for(64, (4, 8))
     np.testing.assert_array_equal(
-        hf_sparse.allowed_matrix(pattern, MaskContext.for_length(1 + 8 * 16, image_grid=(4, 8), num_prefix=1)).numpy(),
+        allowed_matrix(pattern, MaskContext.for_length(1 + 8 * 16, image_grid=(4, 8), num_prefix=1)).numpy(),
         formula("local_2d", 1 + 8 * 16, grid=(8, 16), num_prefix=1, window=1))

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import hf_sparse
+from hf_sparse.integration import get_state
 from hf_sparse.kernels import AttentionCall, reference_attention, sparse_attention
-from hf_sparse.patterns import Dense, MaskContext, make_pattern
+from hf_sparse.patterns import Dense, MaskContext, allowed_matrix, make_pattern
 from tests.helpers.models import model_inputs, run_model, tiny_model
 
 
@@ -167,7 +168,7 @@ def test_bad_options_are_rejected():
     with pytest.raises(ValueError, match="cannot be combined"):
         make_pattern("topk_blocks") | make_pattern("dense")
     with pytest.raises(ValueError, match="chooses its blocks from the data"):
-        hf_sparse.allowed_matrix(make_pattern("topk_blocks"), MaskContext.for_length(8))
+        allowed_matrix(make_pattern("topk_blocks"), MaskContext.for_length(8))
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "vit", "llama"])
@@ -192,5 +193,5 @@ def test_gpt2_generate_with_topk_runs_cached_decode_steps_sparsely():
                          output_scores=True)
     assert out.sequences.shape == (2, 23)
     assert torch.isfinite(torch.stack(out.scores)).all()
-    states = [state for _, state in hf_sparse.iter_states(model)]
+    states = [state for m in model.modules() if (state := get_state(m)) is not None]
     assert all(state.calls == 10 for state in states), [state.calls for state in states]  # prefill + 9 decode steps
