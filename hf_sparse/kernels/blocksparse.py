@@ -20,19 +20,6 @@ from . import cpu_flash, cpu_work
 from .call import AttentionCall, additive_bias, expand_kv_heads
 from .plan import BlockSparsePlan, PlanGroup, dynamic_plan, static_plan
 
-#: Tile edge used when neither the call nor the pattern names one (measured on CPU: DESIGN.md section 3).
-CPU_LONG_BLOCK, SHORT_BLOCK, LONG_LENGTH = 128, 64, 2048
-
-
-def tile_size(call: AttentionCall) -> int:
-    """Explicit kernel block size, else the pattern's own ``block_size``, else a length-based default."""
-    if call.block_size is not None:
-        return call.block_size
-    own = getattr(call.pattern, "block_size", None)
-    if own:
-        return own
-    return CPU_LONG_BLOCK if max(call.ctx.q_len, call.ctx.kv_len) >= LONG_LENGTH else SHORT_BLOCK
-
 
 def plan_for(call: AttentionCall) -> BlockSparsePlan:
     """The plan that serves ``call``: cached per shape for fixed patterns, once per call for dynamic ones."""
@@ -41,7 +28,7 @@ def plan_for(call: AttentionCall) -> BlockSparsePlan:
             mod, layout = call.dynamic_binding()
             call.cache["plan"] = dynamic_plan(mod, layout, call.ctx)
         else:
-            call.cache["plan"] = static_plan(call.pattern, call.ctx, tile_size(call), call.query.device)
+            call.cache["plan"] = static_plan(call.pattern, call.ctx, call.tile_size, call.query.device)
     return call.cache["plan"]
 
 

@@ -20,7 +20,21 @@ import torch
 
 from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, allowed_matrix
 
-DEFAULT_BLOCK_SIZE = 64
+#: Tile edge of block-sparse computation when neither the call nor the pattern names one: ``SHORT_BLOCK`` below
+#: ``LONG_LENGTH`` tokens, ``LONG_BLOCK`` from it.
+SHORT_BLOCK, LONG_BLOCK, LONG_LENGTH = 64, 128, 2048
+
+
+def kernel_block_size(block_size: int | None, pattern: Pattern, q_len: int, kv_len: int) -> int:
+    """The tile edge block-sparse kernels use for a ``q_len`` x ``kv_len`` call: ``block_size`` (the config's
+    ``kernel_block_size``) if given, else the pattern's own ``block_size``, else ``SHORT_BLOCK`` when the longer of
+    ``q_len`` and ``kv_len`` is under ``LONG_LENGTH`` tokens and ``LONG_BLOCK`` from it."""
+    if block_size is not None:
+        return block_size
+    own = getattr(pattern, "block_size", None)
+    if own:
+        return own
+    return LONG_BLOCK if max(q_len, kv_len) >= LONG_LENGTH else SHORT_BLOCK
 
 
 @dataclass
@@ -44,10 +58,8 @@ class AttentionCall:
 
     @property
     def tile_size(self) -> int:
-        """Block size of block-sparse computation: explicit, else the pattern's own, else the default."""
-        if self.block_size is not None:
-            return self.block_size
-        return getattr(self.pattern, "block_size", None) or DEFAULT_BLOCK_SIZE
+        """Block size of block-sparse computation (see :func:`kernel_block_size`)."""
+        return kernel_block_size(self.block_size, self.pattern, self.ctx.q_len, self.ctx.kv_len)
 
     def dynamic_binding(self) -> tuple[MaskMod, BlockLayout]:
         """``pattern.bind_dynamic`` for this call's tensors, computed once per call."""

@@ -9,31 +9,34 @@ import platform
 import resource
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from hf_sparse import __version__
 from hf_sparse.bench.profiling import cpu_description
 from hf_sparse.config import SparseConfig
+from hf_sparse.kernels.call import kernel_block_size
 from hf_sparse.patch import iter_states, last_backends
-from hf_sparse.patterns import Dense, block_layout, density
+from hf_sparse.patterns import Dense, MaskContext, block_layout, density
 
-from .tasks import Task
 
-#: Tile size used for ``block_density`` when neither the config nor the pattern names one.
-DEFAULT_BLOCK_SIZE = 64
+class HasMaskContext(Protocol):
+    """What :func:`sparse_summary` needs of a task (a :class:`~hf_sparse.lab.finetune.tasks.Task` is one)."""
+
+    def mask_context(self, model: torch.nn.Module, length: int, causal: bool = False) -> MaskContext: ...
 
 
 def sparse_summary(
-    model: torch.nn.Module, config: SparseConfig | None, task: Task, lengths: list[int], *, causal: bool = False
+    model: torch.nn.Module, config: SparseConfig | None, task: HasMaskContext, lengths: list[int], *, causal: bool = False
 ) -> dict[str, Any]:
     """The ``sparse`` block of metrics.json.
 
     ``lengths`` are the input lengths of the evaluated examples. ``eval_length`` is their rounded mean;
     ``token_density`` is the fraction of real (query, key) pairs the pattern keeps, over those examples
     (each example weighs by its ``length**2`` pairs); ``block_density`` is the fraction of
-    ``block_size``-tiles a block-sparse kernel would visit at ``eval_length``; ``backends`` the kernel each
+    ``block_size``-tiles a block-sparse kernel would visit at ``eval_length`` (``block_size``: the tile edge the
+    kernel uses at that length, :func:`~hf_sparse.kernels.call.kernel_block_size`); ``backends`` the kernel each
     patched module used in its latest call. ``causal``: the attention is causal (a decoder's), and both
     densities are relative to what dense causal attention keeps (the pairs / tiles at or below the diagonal).
     """
@@ -42,7 +45,7 @@ def sparse_summary(
     if config is None:
         return {"pattern": "dense", "config": None, "token_density": 1.0, "block_density": 1.0,
                 "block_size": None, "eval_length": eval_length, "backends": {}, "attn_implementation": implementation}
-    block_size = config.kernel_block_size or getattr(config.pattern, "block_size", None) or DEFAULT_BLOCK_SIZE
+    block_size = kernel_block_size(config.kernel_block_size, config.pattern, eval_length, eval_length)
     common = {"pattern": config.pattern.describe(), "config": config.to_dict(), "block_size": block_size,
               "eval_length": eval_length, "backends": last_backends(model), "attn_implementation": implementation}
     if config.pattern.dynamic:

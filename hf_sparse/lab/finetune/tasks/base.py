@@ -22,6 +22,7 @@ from hf_sparse.patch import patch_model
 from hf_sparse.patterns import MaskContext
 
 from ..config import ConfigError, RunConfig
+from ..record import sparse_summary
 from ..scores import classification_scores
 
 Batch = dict[str, torch.Tensor]
@@ -108,8 +109,6 @@ class Task:
         self, model: torch.nn.Module, parts: dict[str, SparseConfig], split: datasets.Dataset
     ) -> dict[str, Any]:
         """The ``sparse`` block of metrics.json for the prepared test ``split``."""
-        from ..record import sparse_summary
-
         return sparse_summary(model, parts.get("all"), self, self.lengths(split))
 
     def evaluate(self, model: torch.nn.Module, loader: Any, accelerator: Any, desc: str) -> EvalResult:

@@ -30,6 +30,7 @@ from hf_sparse.patch import patch_model
 
 from ...data import build_summarization, build_translation
 from ..config import ConfigError, RunConfig
+from ..record import sparse_summary
 from ..scores import summarization_scores, translation_scores
 from ..seq2seq_models import build_seq2seq_model
 from .base import Batch, EvalResult, Task
@@ -151,8 +152,6 @@ class Seq2SeqTask(Task):
         """Classification's ``sparse`` block for the encoder (bidirectional, over source lengths), or for
         decoder-only models the causal prompt + target sequence, plus ``parts`` with each part's pattern and
         densities (the decoder's causal, relative to dense causal attention, over target lengths)."""
-        from ..record import sparse_summary
-
         configs = {"encoder": parts.get("encoder", parts.get("all")), "decoder": parts.get("decoder", parts.get("all"))}
         summaries = {"decoder": sparse_summary(model, configs["decoder"], self, self.target_lengths(split), causal=True)}
         if self.decoder_only:
