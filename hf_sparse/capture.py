@@ -11,20 +11,20 @@ basis of attention-mass recall (:mod:`hf_sparse.lab.analysis.recall`) and of gat
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from .integration import register_attention
+from .integration import attention_implementation, register_attention, resolve_causal
 from .kernels import AttentionCall, reference_attention
 from .kernels.call import combined_allowed, dynamic_allowed
 from .learned.gate import gate_scope
 from .models import check_supported, image_layout
-from .patch import _configs
 from .patterns import Dense, MaskContext, Pattern, allowed_matrix
 
 CAPTURE_NAME = "hf_sparse_capture"
@@ -72,8 +72,7 @@ class CapturedAttention:
 
     @property
     def _mask_causal(self) -> bool:
-        # As SDPA applies it: an explicit mask carries causality; otherwise the module's flag (if Lq > 1).
-        return self.causal and self.attention_mask is None and self.query.shape[2] > 1
+        return resolve_causal(self.causal, attention_mask=self.attention_mask, q_len=self.query.shape[2])
 
     def dense_probs(self) -> torch.Tensor:
         """The dense model's attention probabilities ``[B, Hq, Lq, Lk]`` (float32, rows sum to 1)."""
@@ -99,17 +98,30 @@ class CapturedAttention:
             return dynamic_allowed(call)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a captured module's calls go: its name and layer, the image layout of its model, the capture's list."""
+
+    name: str
+    layer: int | None
+    layout: tuple[tuple[int, int], int] | None
+    sink: list
+
+
+#: ``{id(module): target}`` of every capture in progress in this context; each capture sets its own modules on top
+#: of the enclosing captures' (an inner capture of the same model takes its calls) and resets the map on exit.
+_TARGETS: contextvars.ContextVar[Mapping[int, _Target]] = contextvars.ContextVar(
+    "hf_sparse_capture", default=types.MappingProxyType({}))
+
+
 def _capture_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                      position_bias=None, **kwargs):
-    records: dict[int, tuple[str, int | None, list]] | None = _RECORDING.get("targets")
-    target = records.get(id(module)) if records is not None else None
+    target = _TARGETS.get().get(id(module))
     if target is not None:
-        name, layer, sink = target
-        causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
-        grid, prefix = _RECORDING.get("layout") or (None, None)
-        sink.append(CapturedAttention(
-            name=name, layer=layer, module=module, query=query.detach(), key=key.detach(), value=value.detach(),
-            attention_mask=attention_mask, scale=scaling, causal=causal,
+        grid, prefix = target.layout or (None, None)
+        target.sink.append(CapturedAttention(
+            name=target.name, layer=target.layer, module=module, query=query.detach(), key=key.detach(),
+            value=value.detach(), attention_mask=attention_mask, scale=scaling, causal=resolve_causal(is_causal, module),
             position_bias=None if position_bias is None else position_bias.detach(), image_grid=grid, num_prefix=prefix,
         ))
     kwargs.pop("output_attentions", None)
@@ -117,23 +129,20 @@ def _capture_forward(module, query, key, value, attention_mask, dropout=0.0, sca
                                   is_causal=is_causal, position_bias=position_bias, **kwargs)
 
 
-_RECORDING: dict[str, Any] = {}
 register_attention(CAPTURE_NAME, _capture_forward, sdpa_mask)
 
 
 @contextlib.contextmanager
 def _dense_capture(model: torch.nn.Module, sink: list) -> Iterator[None]:
     sites = [s for s in check_supported(model) if not s.cross]
-    originals = [(cfg, cfg._attn_implementation_internal) for cfg in _configs(model)]
-    _RECORDING["targets"] = {id(s.module): (s.name, s.layer, sink) for s in sites}
-    _RECORDING["layout"] = image_layout(model)
+    layout = image_layout(model)
+    targets = {id(s.module): _Target(s.name, s.layer, layout, sink) for s in sites}
+    token = _TARGETS.set({**_TARGETS.get(), **targets})
     try:
-        model.set_attn_implementation(CAPTURE_NAME)
-        yield
+        with attention_implementation(model, CAPTURE_NAME):
+            yield
     finally:
-        for cfg, original in originals:
-            cfg._attn_implementation_internal = original
-        _RECORDING.clear()
+        _TARGETS.reset(token)
 
 
 def capture_attention(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> list[CapturedAttention]:

@@ -14,6 +14,8 @@ attend, or ``None``). Without it Transformers would silently drop padding masks 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,25 +64,98 @@ def get_state(module: torch.nn.Module) -> ModuleSparseState | None:
     return getattr(module, STATE_ATTR, None)
 
 
+def iter_states(model: torch.nn.Module) -> Iterable[tuple[str, ModuleSparseState]]:
+    """``(name, state)`` of each patched module."""
+    for name, module in model.named_modules():
+        state = get_state(module)
+        if state is not None:
+            yield name, state
+
+
+def attention_configs(model: torch.nn.Module) -> list[Any]:
+    """Every distinct config object reachable from the model's modules and their sub-configs (those that have an
+    attention implementation)."""
+    found: dict[int, Any] = {}
+    stack = [getattr(m, "config", None) for m in model.modules()]
+    while stack:
+        cfg = stack.pop()
+        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation"):
+            continue
+        found[id(cfg)] = cfg
+        stack.extend(getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {})
+    return list(found.values())
+
+
+#: ``[(config, implementation name or None)]``: what :func:`restore_implementation` puts back.
+ImplementationSnapshot = list[tuple[Any, "str | None"]]
+
+
+def implementation_snapshot(model: torch.nn.Module) -> ImplementationSnapshot:
+    """The attention implementation each of the model's configs (:func:`attention_configs`) uses now."""
+    return [(cfg, cfg._attn_implementation) for cfg in attention_configs(model)]
+
+
+def restore_implementation(snapshot: ImplementationSnapshot) -> None:
+    """Put each config of ``snapshot`` back to its recorded implementation, that config alone."""
+    for cfg, name in snapshot:
+        _set_own_implementation(cfg, name)
+
+
+def _set_own_implementation(cfg: Any, name: str | None) -> None:
+    # Transformers 5.x has no public way to set one config's implementation alone: the ``_attn_implementation``
+    # setter and ``PreTrainedModel.set_attn_implementation`` both recurse into sub-configs (which a snapshot
+    # restores one by one, possibly to different names), and the latter validates the name, so ``None`` or a
+    # name registered only while capturing could not be put back. Hence the internal attribute, here only.
+    cfg._attn_implementation_internal = name
+
+
+@contextlib.contextmanager
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run the block with ``model`` switched to the attention implementation ``name`` (a name registered with
+    ``AttentionInterface``); on exit, normal or not, every config gets back exactly the implementation it had on
+    entry. Re-entrant: nested uses, on the same model or on others, each restore what they found."""
+    snapshot = implementation_snapshot(model)
+    try:
+        model.set_attn_implementation(name)
+        yield
+    finally:
+        restore_implementation(snapshot)
+
+
+def resolve_causal(
+    is_causal: bool | None,
+    module: torch.nn.Module | None = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    q_len: int | None = None,
+) -> bool:
+    """Whether an attention call is causal: ``is_causal`` as the call passed it, else the module's own
+    ``is_causal`` flag (``False`` without one). That is the causality patterns see (:class:`MaskContext`).
+
+    With ``q_len`` (the call's query length): causality as SDPA applies it on top of the model's mask, which
+    is only without an explicit ``attention_mask`` (the mask then carries causality itself) and with
+    ``q_len > 1``.
+    """
+    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
+    if q_len is None:
+        return bool(causal)
+    return bool(causal and attention_mask is None and q_len > 1)
+
+
 def _dense_fallback(module, query, key, value, attention_mask, **kwargs) -> tuple[torch.Tensor, Any]:
     """What the module computed before patching (SDPA), or the dense reference when weights are wanted."""
     if kwargs.get("output_attentions", False):
         call = AttentionCall(
             query=query, key=key, value=value, pattern=Dense(),
             ctx=MaskContext(query.shape[2], key.shape[2], key.shape[2] - query.shape[2],
-                            causal=_is_causal(module, kwargs.get("is_causal"), query, attention_mask)),
+                            causal=resolve_causal(kwargs.get("is_causal"), module, attention_mask=attention_mask,
+                                                  q_len=query.shape[2])),
             attention_mask=attention_mask, scale=kwargs.get("scaling"), dropout_p=kwargs.get("dropout", 0.0),
             position_bias=kwargs.get("position_bias"), need_weights=True,
         )
         out, weights = reference_attention(call)
         return out.transpose(1, 2).contiguous(), weights
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def _is_causal(module, is_causal: bool | None, query: torch.Tensor, attention_mask) -> bool:
-    """Causality as SDPA would apply it: an explicit mask carries it; else the module's flag (and Lq > 1)."""
-    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
-    return bool(causal and attention_mask is None and query.shape[2] > 1)
 
 
 def sparse_attention_forward(
@@ -112,7 +187,7 @@ def sparse_attention_forward(
                 "which no sparse kernel supports; leave this module out of target_modules"
             )
     # The pattern's causality is the module's own; with an explicit model mask causality is also in the mask.
-    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
+    causal = resolve_causal(is_causal, module)
     q_len, kv_len = query.shape[2], key.shape[2]
     ctx = MaskContext(
         q_len=q_len, kv_len=kv_len, q_offset=kv_len - q_len, causal=causal,

@@ -34,6 +34,10 @@ class AttentionSite:
 
 @functools.cache
 def _dispatches_through_registry(cls: type) -> bool:
+    """Whether the attention class's ``forward`` looks its function up in ``ALL_ATTENTION_FUNCTIONS``."""
+    # Transformers 5.x exposes no public flag for this, per module or per class: its own check
+    # (``PreTrainedModel._can_set_attn_implementation``) is private, per model class, and reads the source too.
+    # So the class's source is inspected, here only.
     try:
         source = inspect.getsource(cls.forward)
     except (OSError, TypeError):

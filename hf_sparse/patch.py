@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ._version import __version__
 from .config import SparseConfig
-from .integration import IMPLEMENTATION_NAME, STATE_ATTR, ModuleSparseState, get_state
+from .integration import (
+    IMPLEMENTATION_NAME,
+    STATE_ATTR,
+    ModuleSparseState,
+    get_state,
+    implementation_snapshot,
+    iter_states,
+    restore_implementation,
+)
 from .kernels import backend_names
 from .learned.weights import restore_added_weights
 from .models import AttentionSite, check_supported, image_layout, model_type
 from .patterns import Pattern
+from .positions import plan_extension
 
 SAVED_KEY = "hf_sparse"
 _ORIGINALS_ATTR = "_hf_sparse_original_attn"
@@ -88,9 +97,7 @@ def patch_model(
     selected = select_sites(sites, config, filter_fn)
     extension = None
     if max_positions is not None:
-        from .positions import plan_extension  # validated before anything changes
-
-        extension = plan_extension(model, max_positions)
+        extension = plan_extension(model, max_positions)  # validated before anything changes
     _apply(model, config, selected)
     if extension is not None:
         extension.apply()
@@ -163,23 +170,9 @@ def _apply(model: torch.nn.Module, config: SparseConfig, sites: list[AttentionSi
     _record(model, config, [s.name for s in sites])
 
 
-def _configs(model: torch.nn.Module) -> list[Any]:
-    """Every distinct config object reachable from the model's modules and their sub-configs."""
-    found: dict[int, Any] = {}
-    stack = [getattr(m, "config", None) for m in model.modules()]
-    while stack:
-        cfg = stack.pop()
-        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation"):
-            continue
-        found[id(cfg)] = cfg
-        stack.extend(getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {})
-    return list(found.values())
-
-
 def _switch_implementation(model: torch.nn.Module) -> None:
     if not hasattr(model, _ORIGINALS_ATTR):
-        originals = [(cfg, cfg._attn_implementation_internal) for cfg in _configs(model)]
-        setattr(model, _ORIGINALS_ATTR, originals)
+        setattr(model, _ORIGINALS_ATTR, implementation_snapshot(model))
     model.set_attn_implementation(IMPLEMENTATION_NAME)
     stale = [
         site.name for site in check_supported(model)
@@ -194,8 +187,7 @@ def _switch_implementation(model: torch.nn.Module) -> None:
 
 
 def _restore_implementation(model: torch.nn.Module) -> None:
-    for cfg, original in getattr(model, _ORIGINALS_ATTR, []):
-        cfg._attn_implementation_internal = original
+    restore_implementation(getattr(model, _ORIGINALS_ATTR, []))
     if hasattr(model, _ORIGINALS_ATTR):
         delattr(model, _ORIGINALS_ATTR)
 
@@ -205,14 +197,6 @@ def _record(model: torch.nn.Module, config: SparseConfig, names: list[str]) -> N
     saved["version"] = __version__
     saved["rules"].append({"config": config.to_dict(), "modules": names})
     setattr(model.config, SAVED_KEY, saved)
-
-
-def iter_states(model: torch.nn.Module) -> Iterable[tuple[str, ModuleSparseState]]:
-    """``(name, state)`` of each patched module."""
-    for name, module in model.named_modules():
-        state = get_state(module)
-        if state is not None:
-            yield name, state
 
 
 def patched_modules(model: torch.nn.Module) -> dict[str, SparseConfig]:

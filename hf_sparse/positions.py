@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from ._logging import logger
+from .integration import attention_configs, iter_states
 from .models import model_type
-from .patch import _configs, iter_states
 
 #: Attribute names of learned absolute position tables (``nn.Embedding``) on an embeddings module.
 _TABLE_ATTRS = ("position_embeddings", "wpe", "embed_positions")
@@ -108,7 +108,7 @@ def _offset(owner: nn.Module, embedding: nn.Embedding) -> int:
 def _learned_tables(model: nn.Module) -> list[_Table]:
     """Every learned absolute table; sinusoidal ones (Marian, DistilBERT with ``sinusoidal_pos_embds``) are
     fixed functions of the position, not learned, and are left out."""
-    if any(getattr(cfg, "sinusoidal_pos_embds", False) for cfg in _configs(model)):
+    if any(getattr(cfg, "sinusoidal_pos_embds", False) for cfg in attention_configs(model)):
         return []
     tables = []
     for name, module in model.named_modules():
@@ -171,7 +171,7 @@ def _zeros_like(current: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _set_config_positions(model: nn.Module, changes: dict[int, int]) -> None:
-    for cfg in _configs(model):
+    for cfg in attention_configs(model):
         current = getattr(cfg, "max_position_embeddings", None)
         if isinstance(current, int) and current in changes:
             cfg.max_position_embeddings = changes[current]  # GPT-2 maps this name onto n_positions
@@ -234,7 +234,7 @@ def _plan_image(model: nn.Module, embeddings: nn.Module, image_size: Any) -> Ext
         if hasattr(embeddings, "image_size"):
             embeddings.image_size = new_size
         value = image_size if isinstance(image_size, int) else list(new_size)
-        for cfg in _configs(model):
+        for cfg in attention_configs(model):
             if _pair(getattr(cfg, "image_size", 0) or 0) == old_size:
                 cfg.image_size = value
         for _, state in iter_states(model):  # already patched: image patterns follow the new grid
