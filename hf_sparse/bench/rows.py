@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from hf_sparse.kernels.plan import clear_plan_cache
+from hf_sparse.kernels import clear_caches
 from hf_sparse.lab.models import random_model
 from hf_sparse.patch import last_backends, patch_model
-from hf_sparse.patterns import MaskContext, clear_caches, density, make_pattern
+from hf_sparse.patterns import MaskContext, density, make_pattern
 from hf_sparse.positions import extend_positions
 
 from .profiling import PeakAllocated, PeakMemory, set_malloc_thresholds, time_runs
@@ -112,7 +112,6 @@ class Row:
         pattern, spec = self.pattern, self.spec
         if pattern is not None:  # cold, as a first call: the plan and its masks are built and held inside the step
             clear_caches()
-            clear_plan_cache()
         with PeakAllocated() as alloc:
             self.step()
         used = sorted({b for b in last_backends(self.model).values() if b}) if pattern else ["sdpa"]

@@ -90,6 +90,11 @@ def _static_block_mask(pattern: Pattern, ctx: MaskContext, device: str, compiled
                              _compile=compiled)
 
 
+def clear_block_mask_cache() -> None:
+    """Drop the cached ``BlockMask`` of fixed patterns (part of :func:`hf_sparse.kernels.clear_caches`)."""
+    _static_block_mask.cache_clear()
+
+
 def flex_attention_backend(call: AttentionCall) -> tuple[torch.Tensor, None]:
     """Sparse attention through ``torch.nn.attention.flex_attention``; returns ``(out [B, Hq, Lq, Dv], None)``."""
     reason = flex_unsupported(call)

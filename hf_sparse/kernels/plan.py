@@ -333,4 +333,5 @@ def dynamic_plan(mod: MaskMod, layout: BlockLayout, ctx: MaskContext) -> BlockSp
 
 
 def clear_plan_cache() -> None:
+    """Drop the cached plans of fixed patterns (part of :func:`hf_sparse.kernels.clear_caches`)."""
     _static_plan.cache_clear()

@@ -94,7 +94,8 @@ def density(pattern: Pattern, ctx: MaskContext) -> float:
 
 
 def clear_caches() -> None:
-    """Drop every cached mask, layout and bound mask function (e.g. to free memory after a benchmark)."""
+    """Drop the pattern layer's cached masks, layouts and bound mask functions; :func:`hf_sparse.kernels.clear_caches`
+    drops these and the kernels' caches (plans, ``BlockMask``), and is what callers use."""
     bound_mask_mod.cache_clear()
     _allowed_matrix.cache_clear()
     _block_layout.cache_clear()

@@ -47,11 +47,9 @@ def _held_after_cold_forward(model: torch.nn.Module, ids: torch.Tensor, labels: 
     plans keep, plus, with ``labels`` (a training step, whose backward runs after the measure), what is kept for
     backward."""
     from hf_sparse.bench.profiling import PeakAllocated
-    from hf_sparse.kernels.plan import clear_plan_cache
-    from hf_sparse.patterns import clear_caches
+    from hf_sparse.kernels import clear_caches
 
     clear_caches()
-    clear_plan_cache()
     with torch.set_grad_enabled(labels is not None), PeakAllocated() as alloc:
         out = model(input_ids=ids, labels=labels)
     if labels is not None:
