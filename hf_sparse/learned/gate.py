@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..patterns import MaskContext, register_pattern
-from ..patterns.base import _check_int
+from ..patterns.base import check_int
 from .select import block_counts, expand_kv_heads, n_blocks, pool_blocks, row_geometry
 from .topk import RoutedBlocks
 
@@ -155,7 +155,7 @@ class LearnedGate(RoutedBlocks):
 
     def _validate(self) -> None:
         super()._validate()
-        _check_int(self.name, "max_distance", self.max_distance, minimum=0)
+        check_int(self.name, "max_distance", self.max_distance, minimum=0)
 
     def block_scores(self, query: torch.Tensor, key: torch.Tensor, ctx: MaskContext) -> torch.Tensor:
         return current_gate()(query, key, ctx, self.block_size)

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, register_pattern
-from ..patterns.base import _check_int
+from ..patterns.base import check_int
 from .select import bind_table, expand_kv_heads, pool_blocks, row_geometry, select_blocks
 
 
@@ -41,9 +41,9 @@ class RoutedBlocks(Pattern):
     num_global: int = field(default=1, kw_only=True)
 
     def _validate(self) -> None:
-        _check_int(self.name, "block_size", self.block_size, minimum=1)
-        _check_int(self.name, "k", self.k, minimum=0)
-        _check_int(self.name, "num_local_blocks", self.num_local_blocks, minimum=0)
+        check_int(self.name, "block_size", self.block_size, minimum=1)
+        check_int(self.name, "k", self.k, minimum=0)
+        check_int(self.name, "num_local_blocks", self.num_local_blocks, minimum=0)
         if self.k == 0 and self.num_local_blocks == 0 and self.num_global == 0:
             raise ValueError(f"{self.name}: k, num_local_blocks and num_global are all 0, so nothing is kept; "
                              "set k >= 1")

@@ -83,7 +83,9 @@ class MaskContext:
         return cls(q_len=length, kv_len=length, q_offset=0, causal=causal, **kwargs)
 
 
-def _check_int(owner: str, name: str, value: Any, *, minimum: int) -> None:
+def check_int(owner: str, name: str, value: Any, *, minimum: int) -> None:
+    """Validate a pattern option: ``TypeError`` unless ``value`` is an int (not a bool), ``ValueError`` below
+    ``minimum``; both messages name ``owner``, the option and the value."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
@@ -106,7 +108,7 @@ class Pattern:
     num_global: int = field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
-        _check_int(self.name, "num_global", self.num_global, minimum=0)
+        check_int(self.name, "num_global", self.num_global, minimum=0)
         self._validate()
 
     # -- to be provided by subclasses -------------------------------------------------------------

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import MaskContext, MaskMod, Pattern, _check_int
+from .base import MaskContext, MaskMod, Pattern, check_int
 from .registry import register_pattern
 
 
@@ -41,16 +41,16 @@ class Local2D(Pattern):
     num_prefix: int | None = None
 
     def _validate(self) -> None:
-        _check_int(self.name, "window", self.window, minimum=1)
+        check_int(self.name, "window", self.window, minimum=1)
         if self.grid is not None:
             grid = tuple(self.grid)
             if len(grid) != 2:
                 raise ValueError(f"local_2d: grid must be (rows, cols), got {self.grid!r}")
             for value in grid:
-                _check_int(self.name, "grid entries", value, minimum=1)
+                check_int(self.name, "grid entries", value, minimum=1)
             object.__setattr__(self, "grid", grid)
         if self.num_prefix is not None:
-            _check_int(self.name, "num_prefix", self.num_prefix, minimum=0)
+            check_int(self.name, "num_prefix", self.num_prefix, minimum=0)
 
     @property
     def needs_image_grid(self) -> bool:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import MaskContext, MaskMod, Pattern, _check_int
+from .base import MaskContext, MaskMod, Pattern, check_int
 from .registry import register_pattern
 
 
@@ -34,7 +34,7 @@ class SlidingWindow(Pattern):
     window: int = 64
 
     def _validate(self) -> None:
-        _check_int(self.name, "window", self.window, minimum=1)
+        check_int(self.name, "window", self.window, minimum=1)
 
     def _mask_mod(self, ctx: MaskContext) -> MaskMod:
         w = self.window
@@ -64,7 +64,7 @@ class BlockLocal(Pattern):
     block_size: int = 64
 
     def _validate(self) -> None:
-        _check_int(self.name, "block_size", self.block_size, minimum=1)
+        check_int(self.name, "block_size", self.block_size, minimum=1)
 
     def _mask_mod(self, ctx: MaskContext) -> MaskMod:
         bs = self.block_size

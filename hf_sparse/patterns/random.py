@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import MaskContext, MaskMod, Pattern, _check_int
+from .base import MaskContext, MaskMod, Pattern, check_int
 from .registry import register_pattern
 
 
@@ -55,9 +55,9 @@ class RandomBlocks(Pattern):
     seed: int = 0
 
     def _validate(self) -> None:
-        _check_int(self.name, "num_random", self.num_random, minimum=1)
-        _check_int(self.name, "block_size", self.block_size, minimum=1)
-        _check_int(self.name, "seed", self.seed, minimum=0)
+        check_int(self.name, "num_random", self.num_random, minimum=1)
+        check_int(self.name, "block_size", self.block_size, minimum=1)
+        check_int(self.name, "seed", self.seed, minimum=0)
 
     def block_table(self, ctx: MaskContext) -> torch.Tensor:
         """``[n_blocks, n_blocks]`` bool: key blocks (columns) chosen for each absolute query block (rows)."""
@@ -87,11 +87,11 @@ class BigBird(Pattern):
     seed: int = 0
 
     def _validate(self) -> None:
-        _check_int(self.name, "block_size", self.block_size, minimum=1)
-        _check_int(self.name, "num_window_blocks", self.num_window_blocks, minimum=1)
-        _check_int(self.name, "num_global_blocks", self.num_global_blocks, minimum=0)
-        _check_int(self.name, "num_random_blocks", self.num_random_blocks, minimum=0)
-        _check_int(self.name, "seed", self.seed, minimum=0)
+        check_int(self.name, "block_size", self.block_size, minimum=1)
+        check_int(self.name, "num_window_blocks", self.num_window_blocks, minimum=1)
+        check_int(self.name, "num_global_blocks", self.num_global_blocks, minimum=0)
+        check_int(self.name, "num_random_blocks", self.num_random_blocks, minimum=0)
+        check_int(self.name, "seed", self.seed, minimum=0)
 
     def block_table(self, ctx: MaskContext) -> torch.Tensor:
         """``[n_blocks, n_blocks]`` bool block table: window | global | random."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import MaskContext, MaskMod, Pattern, _check_int
+from .base import MaskContext, MaskMod, Pattern, check_int
 from .registry import register_pattern
 
 
@@ -19,8 +19,8 @@ class Strided(Pattern):
     window: int = 32
 
     def _validate(self) -> None:
-        _check_int(self.name, "stride", self.stride, minimum=1)
-        _check_int(self.name, "window", self.window, minimum=0)
+        check_int(self.name, "stride", self.stride, minimum=1)
+        check_int(self.name, "window", self.window, minimum=0)
 
     def _mask_mod(self, ctx: MaskContext) -> MaskMod:
         stride, w = self.stride, self.window
@@ -42,8 +42,8 @@ class Dilated(Pattern):
     dilation: int = 2
 
     def _validate(self) -> None:
-        _check_int(self.name, "window", self.window, minimum=1)
-        _check_int(self.name, "dilation", self.dilation, minimum=1)
+        check_int(self.name, "window", self.window, minimum=1)
+        check_int(self.name, "dilation", self.dilation, minimum=1)
 
     def _mask_mod(self, ctx: MaskContext) -> MaskMod:
         w, d = self.window, self.dilation

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..data.common import wheel_member
-from ..data.sentiment import _WHEEL as ROTTEN_TOMATOES_WHEEL
+from ..data.sentiment import ROTTEN_TOMATOES_WHEEL
 from ..models import RANDOM_FAMILIES, minilm_path, random_config, random_model
 
 RANDOM_MODELS = tuple(RANDOM_FAMILIES)

