@@ -1,4 +1,5 @@
-"""Sentiment classification of short texts with a BERT-style encoder (default: the offline MiniLM)."""
+"""Sentiment classification with a BERT-style encoder (default: the offline MiniLM): short reviews, or long
+documents (``data.source: offline:rt_roundup``) with the position table extended to ``data.max_length``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
+from hf_sparse.positions import extend_positions
+
 from ...data import build_sentiment
 from ..config import RunConfig
 from ..models import apply_config_overrides, resolve_pretrained
@@ -22,7 +25,9 @@ from .helpers import from_pretrained, load_limited
 
 
 class SentimentTask(ClassificationTask):
-    """Columns ``text`` / ``label``; inputs truncated to ``data.max_length`` tokens, padded per batch."""
+    """Columns ``text`` / ``label`` (other columns are dropped); inputs truncated to ``data.max_length`` tokens,
+    padded per batch. A ``data.max_length`` beyond the model's learned position table (MiniLM: 512) extends it
+    with :func:`hf_sparse.extend_positions` (pretrained rows tiled) before training."""
 
     name = "sentiment"
 
@@ -36,13 +41,18 @@ class SentimentTask(ClassificationTask):
                                  label2id={n: i for i, n in enumerate(names)})
         apply_config_overrides(config, cfg.model.config)
         model = from_pretrained(AutoModelForSequenceClassification, path, config=config)
-        return model, from_pretrained(AutoTokenizer, path)
+        tokenizer = from_pretrained(AutoTokenizer, path)
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions is not None and cfg.data.max_length > positions:
+            extend_positions(model, cfg.data.max_length, tokenizer=tokenizer)
+        return model, tokenizer
 
     def prepare(self, data: datasets.DatasetDict, processor: Any, cfg: RunConfig) -> datasets.DatasetDict:
         def tokenize(rows: dict[str, list]) -> dict[str, list]:
             return processor(rows["text"], truncation=True, max_length=cfg.data.max_length)
 
-        tokenized = data.map(tokenize, batched=True, remove_columns=["text"], desc="tokenizing")
+        extra = [c for c in data["train"].column_names if c != "label"]  # e.g. rt_roundup's fresh_share
+        tokenized = data.map(tokenize, batched=True, remove_columns=extra, desc="tokenizing")
         return tokenized.rename_column("label", "labels")
 
     def collate(self, processor: Any, cfg: RunConfig) -> Callable[[list[dict]], Batch]:
