@@ -10,12 +10,14 @@ before, and (3) records the settings in ``model.config.hf_sparse`` so ``save_pre
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from transformers import PreTrainedConfig
 
 from ._version import __version__
 from .config import SparseConfig
@@ -170,8 +172,25 @@ def _apply(model: torch.nn.Module, config: SparseConfig, sites: list[AttentionSi
     _record(model, config, [s.name for s in sites])
 
 
+def _own_configs(model: torch.nn.Module) -> None:
+    """Give ``model`` its own copy of every config its modules refer to, before anything is written to them.
+
+    Transformers keeps the config object it is given: two models built from one ``config`` (and their modules)
+    share it, so switching one model's implementation or recording its settings would change the other, its
+    checkpoint and what ``load_patched`` does with it. One shared memo keeps every module of ``model`` that
+    referred to one config (or sub-config) referring to one copy. Unpatching keeps the copies (with the original
+    implementation and no settings), so what changed in them while patched (``max_positions``) stays consistent.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        cfg = vars(module).get("config")
+        if isinstance(cfg, PreTrainedConfig):
+            module.config = copy.deepcopy(cfg, memo)
+
+
 def _switch_implementation(model: torch.nn.Module) -> None:
     if not hasattr(model, _ORIGINALS_ATTR):
+        _own_configs(model)
         setattr(model, _ORIGINALS_ATTR, implementation_snapshot(model))
     model.set_attn_implementation(IMPLEMENTATION_NAME)
     stale = [

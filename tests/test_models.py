@@ -3,6 +3,8 @@ reversibility, and errors."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -169,6 +171,60 @@ def test_two_models_patched_differently_in_one_process():
     assert not torch.allclose(out_b, before)
     hf_sparse.unpatch_model(b)
     assert torch.equal(_run(b, inputs), before)
+
+
+def _sharing_pair(family):
+    """Two models built from ONE config object (Transformers keeps the object, it does not copy it)."""
+    import transformers as tf
+
+    if family == "bert":
+        cfg = tf.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=256, num_labels=3)
+        build = tf.BertForSequenceClassification
+    else:
+        cfg = tf.BartConfig(vocab_size=120, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                            max_position_embeddings=256)
+        build = tf.BartForConditionalGeneration
+    torch.manual_seed(0)
+    first = build(cfg).eval()
+    torch.manual_seed(1)
+    second = build(cfg).eval()
+    assert first.config is second.config is cfg
+    return cfg, first, second, build
+
+
+@pytest.mark.parametrize("family", ["bert", "bart"])
+def test_patching_one_of_two_models_sharing_a_config_leaves_the_other_alone(family, tmp_path):
+    cfg, first, second, build = _sharing_pair(family)
+    inputs = model_inputs(family)
+    before_first, before_second = _run(first, inputs), _run(second, inputs)
+    for _ in range(2):  # two patch/unpatch cycles, both exact
+        hf_sparse.patch_model(first, "sliding_window", window=2, num_global=1)
+        assert first.config.hf_sparse["rules"]
+        assert not hasattr(cfg, "hf_sparse") and not hasattr(second.config, "hf_sparse")
+        assert cfg._attn_implementation == second.config._attn_implementation == "sdpa"
+        assert all(getattr(m, "config", cfg)._attn_implementation == "sdpa" for m in second.modules())
+        # within the patched model, every module refers to the patched model's own config
+        assert all(m.config is first.config for m in first.modules()
+                   if isinstance(getattr(m, "config", None), type(cfg)))
+        assert not torch.allclose(_run(first, inputs), before_first)
+        assert torch.equal(_run(second, inputs), before_second)
+        second.save_pretrained(tmp_path / "second")
+        saved = json.loads((tmp_path / "second" / "config.json").read_text())
+        assert "hf_sparse" not in saved
+        with pytest.raises(ValueError, match="not saved from a patched model"):
+            hf_sparse.load_patched(build, str(tmp_path / "second"))
+        hf_sparse.unpatch_model(first)
+        assert torch.equal(_run(first, inputs), before_first)
+        assert first.config._attn_implementation == "sdpa" and not hasattr(first.config, "hf_sparse")
+        assert torch.equal(_run(second, inputs), before_second)
+    # the other model can be patched and unpatched in turn, the first one untouched
+    hf_sparse.patch_model(second, "strided", stride=3, window=1)
+    assert not hasattr(first.config, "hf_sparse") and not hasattr(cfg, "hf_sparse")
+    assert torch.equal(_run(first, inputs), before_first)
+    hf_sparse.unpatch_model(second)
+    assert torch.equal(_run(second, inputs), before_second)
 
 
 def test_layers_and_target_modules_select_a_subset():
