@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedModel
 
 # Models known to keep their own attention code outside the registry (anchors, not targets).
 _KNOWN_UNSUPPORTED = ("longformer", "led", "big_bird", "bigbird_pegasus", "reformer")
@@ -67,6 +68,24 @@ def attention_sites(model: torch.nn.Module) -> list[AttentionSite]:
         if hasattr(module, "is_causal") and _dispatches_through_registry(type(module)):
             sites.append(AttentionSite(name, module, _is_cross(name, module), _layer_index(name, module)))
     return sites
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Transformers model inside a wrapper, ``model`` itself for anything else.
+
+    A wrapper is a module that is not a Transformers model and has ``get_base_model()`` (PEFT's ``PeftModel``,
+    whose module names carry a ``base_model.model.`` prefix). Names of patched modules are relative to the
+    model found here, so settings saved from a wrapped model match the model ``merge_and_unload()`` returns.
+    """
+    seen: set[int] = set()
+    while id(model) not in seen and not isinstance(model, PreTrainedModel):
+        seen.add(id(model))
+        getter = getattr(type(model), "get_base_model", None)
+        inner = model.get_base_model() if callable(getter) else None
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    return model
 
 
 def model_type(model: torch.nn.Module) -> str:

@@ -32,7 +32,7 @@ from .integration import (
 )
 from .kernels import backend_names
 from .learned.weights import restore_added_weights
-from .models import AttentionSite, check_supported, image_layout, model_type
+from .models import AttentionSite, check_supported, image_layout, model_type, unwrap
 from .patterns import Pattern
 from .positions import plan_extension
 
@@ -79,7 +79,9 @@ def patch_model(
     a :class:`SparseConfig` (which carries them all; only ``filter_fn`` and ``max_positions`` may join it).
 
     Calling it again adds or overrides settings for the modules it targets. Cross-attention always stays
-    dense. Returns ``model``.
+    dense. A wrapper (PEFT's ``PeftModel``, before or after patching) is patched through the Transformers
+    model inside it (:func:`hf_sparse.models.unwrap`): module names are relative to that model, so the
+    checkpoint of ``merge_and_unload()`` reloads with :func:`load_patched`. Returns ``model``.
     """
     if isinstance(pattern, SparseConfig):
         explicit = {"target_modules": target_modules, "layers": layers, "kernel_block_size": kernel_block_size}
@@ -95,12 +97,13 @@ def patch_model(
             pattern, backend=backend, kernel_block_size=kernel_block_size, target_modules=target_modules, layers=layers,
             **pattern_options,
         )
-    sites = check_supported(model)
+    target = unwrap(model)
+    sites = check_supported(target)
     selected = select_sites(sites, config, filter_fn)
     extension = None
     if max_positions is not None:
-        extension = plan_extension(model, max_positions)  # validated before anything changes
-    _apply(model, config, selected)
+        extension = plan_extension(target, max_positions)  # validated before anything changes
+    _apply(target, config, selected)
     if extension is not None:
         extension.apply()
     return model
@@ -219,26 +222,29 @@ def _record(model: torch.nn.Module, config: SparseConfig, names: list[str]) -> N
 
 
 def patched_modules(model: torch.nn.Module) -> dict[str, SparseConfig]:
-    """``{module name: SparseConfig}`` for every patched module of ``model``."""
-    return {name: state.config for name, state in iter_states(model)}
+    """``{module name: SparseConfig}`` for every patched module of ``model`` (names relative to the
+    Transformers model inside a wrapper, as the saved settings name them)."""
+    return {name: state.config for name, state in iter_states(unwrap(model))}
 
 
 def last_backends(model: torch.nn.Module) -> dict[str, str | None]:
     """``{module name: kernel used by its latest call}`` (``None`` before the first call)."""
-    return {name: state.last_backend for name, state in iter_states(model)}
+    return {name: state.last_backend for name, state in iter_states(unwrap(model))}
 
 
 def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
     """Undo every ``patch_model`` on ``model``: module states, learned parameters, the attention
-    implementation and the saved settings. Logits are then bit-identical to before patching."""
-    for module in model.modules():
+    implementation and the saved settings. Logits are then bit-identical to before patching. A wrapper
+    (PEFT) is unpatched through the Transformers model inside it, whichever was patched."""
+    target = unwrap(model)
+    for module in target.modules():
         state = get_state(module)
         if state is not None:
             state.config.pattern.detach(module)
             delattr(module, STATE_ATTR)
-    _restore_implementation(model)
-    if hasattr(model.config, SAVED_KEY):
-        delattr(model.config, SAVED_KEY)
+    _restore_implementation(target)
+    if hasattr(target.config, SAVED_KEY):
+        delattr(target.config, SAVED_KEY)
     return model
 
 
@@ -247,8 +253,10 @@ def apply_saved_patch(model: torch.nn.Module) -> torch.nn.Module:
 
     Settings written by any hf_sparse version load (older, newer, or without a recorded version); a
     ``UserWarning`` says so when the writer's major version differs from the installed one. Each rule's
-    :class:`SparseConfig` still checks its own format version.
+    :class:`SparseConfig` still checks its own format version. A wrapper (PEFT) is patched through the
+    Transformers model inside it.
     """
+    wrapper, model = model, unwrap(model)
     saved = getattr(model.config, SAVED_KEY, None)
     if not saved or not saved.get("rules"):
         raise ValueError(
@@ -267,7 +275,7 @@ def apply_saved_patch(model: torch.nn.Module) -> torch.nn.Module:
         if missing:
             raise ValueError(f"saved hf_sparse settings name module(s) this model does not have: {_preview(missing)}")
         _apply(model, SparseConfig.from_dict(rule["config"]), [by_name[c] for c in found.values()])
-    return model
+    return wrapper
 
 
 def _major(version: object) -> str | None:
