@@ -12,6 +12,10 @@ scheduler and RNG states (``accelerator.save_state``) plus ``trainer_state.json`
 epoch, validation history, counters, wall times). The sample order of an epoch depends only on
 ``(seed, epoch)``, and the DataLoaders own their generators, so a resumed run continues with the batches
 and dropout draws the uninterrupted run would have used.
+
+A finished run also saves the fine-tuned model with ``save_pretrained`` (a patched model's ``config.json``
+keeps its sparse settings) and its tokenizer or image processor to ``<run_dir>/model`` (metrics.json's
+``model_dir``): ``hf_sparse.load_patched(AutoModelFor..., <run_dir>/model)`` reloads it sparse.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from .models import count_parameters
 from .tasks import Task, get_task
 
 STATE_FILE = "trainer_state.json"
+MODEL_DIR = "model"  # the fine-tuned model and its processor, relative to the run folder
 
 
 class Interrupted(RuntimeError):
@@ -229,7 +234,18 @@ class Trainer:
         p.batches_done = 0
         self._save_checkpoint()
 
-    # -- final evaluation and record ----------------------------------------------------------------------------
+    # -- final evaluation, model and record ------------------------------------------------------------------------
+    def save_model(self) -> str:
+        """Save the unwrapped model and its tokenizer / image processor to ``<run_dir>/model`` (main process);
+        return that folder relative to the run folder."""
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            folder = self.cfg.run_dir / MODEL_DIR
+            self.acc.unwrap_model(self.model).save_pretrained(folder, save_function=self.acc.save)
+            self.processor.save_pretrained(folder)
+        self.acc.wait_for_everyone()
+        return MODEL_DIR
+
     def finish(self) -> dict[str, Any]:
         cfg, acc, p, task = self.cfg, self.acc, self.progress, self.task
         tick = time.perf_counter()
@@ -282,6 +298,7 @@ def run(cfg: RunConfig, *, resume: bool = False, interrupt_after_steps: int | No
     trainer.setup()
     trainer.train()
     metrics = trainer.finish()
+    metrics["model_dir"] = trainer.save_model()
     if trainer.acc.is_main_process:
         record.write_json(cfg.run_dir / "metrics.json", metrics)
     trainer.acc.wait_for_everyone()
