@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .integration import get_state
-from .models import attention_sites
+from .models import attention_sites, unwrap
 
 
 def summary(model: torch.nn.Module) -> str:
@@ -15,13 +15,14 @@ def summary(model: torch.nn.Module) -> str:
     always stays dense); then one line per patched module: its name, its pattern
     (:meth:`~hf_sparse.patterns.Pattern.describe`), the backend it asks for, and the kernel that served its
     latest call with the number of calls (``-`` before the first call). A model without patched modules
-    gets a single line saying so.
+    gets a single line saying so. A PEFT wrapper is reported as the Transformers model inside it.
 
     Raises:
         TypeError: ``model`` is not a ``torch.nn.Module``.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"summary expects a torch.nn.Module, got {type(model).__name__}; pass the model itself")
+    model = unwrap(model)  # names relative to the Transformers model inside a PEFT wrapper, as patch_model records
     kind = type(model).__name__
     sites = attention_sites(model)
     n_self = sum(not s.cross for s in sites)

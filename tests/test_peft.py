@@ -60,6 +60,8 @@ def test_names_are_relative_to_the_transformers_model(order):
     assert names == sorted(hf_sparse.patched_modules(base))
     assert names == ["bert.encoder.layer.0.attention.self", "bert.encoder.layer.1.attention.self"]
     assert [n for rule in base.config.hf_sparse["rules"] for n in rule["modules"]] == names
+    assert hf_sparse.summary(wrapper) == hf_sparse.summary(base)  # the wrapper reports the model inside it
+    assert "base_model" not in hf_sparse.summary(wrapper)
 
 
 @pytest.mark.parametrize("order", ORDERS)
