@@ -13,12 +13,75 @@ gathered, instead of with ``Lq * Lk``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
+from ..patterns import MaskContext, MaskMod, Pattern, bound_mask_mod
 from . import cpu_flash, cpu_work
 from .call import AttentionCall, additive_bias, expand_kv_heads
 from .plan import BlockSparsePlan, PlanGroup, dynamic_plan, static_plan
+
+
+@dataclass(frozen=True)
+class _BoundTo(Pattern):
+    """``pattern`` bound to another call's context ``at``: the mask of a left-padded row's real part, whose
+    positions ``0, 1, ...`` are the full call's positions counted from the row's first real token."""
+
+    name: ClassVar[str] = "bound_to"
+    pattern: Pattern | None = None
+    at: MaskContext | None = None
+
+    def _mask_mod(self, ctx: MaskContext) -> MaskMod:
+        return bound_mask_mod(self.pattern, self.at)
+
+    def describe(self) -> str:
+        return self.pattern.describe()
+
+
+def _rows_part(x: torch.Tensor | None, rows: torch.Tensor, q_start: int, kv_start: int) -> torch.Tensor | None:
+    """A mask or bias broadcastable to ``[B, H, Lq, Lk]``: batch ``rows``, queries from ``q_start``, keys from
+    ``kv_start`` (broadcast dimensions stay broadcast)."""
+    if x is None:
+        return None
+    x = x.reshape((1,) * (4 - x.dim()) + tuple(x.shape)) if x.dim() < 4 else x
+    if x.shape[0] != 1:
+        x = x.index_select(0, rows)
+    return x[:, :, q_start if x.shape[2] != 1 else 0:, kv_start:]
+
+
+def _by_row_offset(call: AttentionCall, offsets: torch.Tensor) -> torch.Tensor:
+    """Left-padded rows (``call.row_offsets()``): the rows sharing an offset run as one block-sparse call on their
+    real part (keys from the offset, the queries at or after it) with the pattern bound to the full call's context,
+    so positions count from the first real token; the pad query rows are zeros. Eager only (the offsets decide
+    the split); under ``torch.compile`` the dispatcher runs an exact dense-masked kernel instead."""
+    ctx = call.ctx
+    batch, heads, q_len, _ = call.query.shape
+    pieces, order = [], []
+    for offset in sorted(set(offsets.tolist())):
+        rows = (offsets == offset).nonzero().flatten().to(call.query.device)
+        start = min(q_len, max(0, offset - ctx.q_offset))
+        if start == q_len:  # every query of these rows is padding
+            pieces.append(call.query.new_zeros(rows.numel(), heads, q_len, call.value.shape[-1]))
+        else:
+            sub = AttentionCall(
+                query=call.query.index_select(0, rows)[:, :, start:],
+                key=call.key.index_select(0, rows)[:, :, offset:], value=call.value.index_select(0, rows)[:, :, offset:],
+                pattern=call.pattern if offset == 0 else _BoundTo(pattern=call.pattern, at=ctx),
+                ctx=MaskContext(q_len - start, ctx.kv_len - offset, ctx.q_offset + start - offset, ctx.causal,
+                                ctx.image_grid, ctx.num_prefix),
+                attention_mask=_rows_part(call.attention_mask, rows, start, offset), scale=call.scale_value,
+                dropout_p=call.dropout_p, position_bias=_rows_part(call.position_bias, rows, start, offset),
+                block_size=call.tile_size,
+            )
+            sub.cache["row_offsets"] = None  # the real part starts at its first real token
+            out, _ = blocksparse_attention(sub)
+            pieces.append(F.pad(out, (0, 0, start, 0)))
+        order.append(rows)
+    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return out.index_select(0, torch.argsort(torch.cat(order)))
 
 
 def plan_for(call: AttentionCall) -> BlockSparsePlan:
@@ -126,8 +189,12 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
 
     For each row group of the plan, the fused SDPA kernel runs on 4-D tensors ``[B*H, nr, bs, D]`` x
     ``[B*H, nr, K*bs, D]`` (a 4-D mask keeps PyTorch's CPU flash kernel, with its backward, instead of the
-    unfused math path). Returns ``(out [B, Hq, Lq, Dv], None)``.
+    unfused math path). Left-padded rows (``call.row_offsets()``) run per offset (:func:`_by_row_offset`).
+    Returns ``(out [B, Hq, Lq, Dv], None)``.
     """
+    offsets = None if call.pattern.dynamic else call.row_offsets()
+    if offsets is not None:
+        return _by_row_offset(call, offsets), None
     plan = plan_for(call)
     query = call.query
     key, value = expand_kv_heads(call)

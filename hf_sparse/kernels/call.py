@@ -10,6 +10,13 @@ see :class:`~hf_sparse.patterns.MaskContext`) AND the model's own mask allows it
 convention) or a float tensor of the same shape added to the scores (``-inf``/``finfo.min`` = masked).
 ``position_bias`` (T5) is an additive float tensor of the same shape. A query row with no allowed key
 returns zeros, never NaN.
+
+Padding: in each batch row, positions count from the row's first real token, the first key the model's mask
+lets any query of that row attend (:func:`first_real_positions`). With left padding that token is at
+``offset_b > 0``, and a fixed pattern is evaluated at ``(q - offset_b, kv - offset_b)`` (bound to the call's
+:class:`MaskContext`); pairs with either position before ``offset_b`` are not allowed, so the pad query rows
+return zeros. Without a mask, with right padding or with no row padded on the left every offset is 0 and nothing
+changes. Data-dependent patterns keep absolute positions.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, allowed_matrix
+from ..patterns import BlockLayout, MaskContext, MaskMod, Pattern, allowed_matrix, bound_mask_mod
+from ..patterns.materialize import CHUNK_ELEMENTS
 
 #: Tile edge of block-sparse computation when neither the call nor the pattern names one: ``SHORT_BLOCK`` below
 #: ``LONG_LENGTH`` tokens, ``LONG_BLOCK`` from it.
@@ -81,6 +89,53 @@ class AttentionCall:
     def has_bool_model_mask(self) -> bool:
         return self.attention_mask is not None and self.attention_mask.dtype == torch.bool
 
+    def row_offsets(self) -> torch.Tensor | None:
+        """``[B]`` int64 position of each batch row's first real token (see the module docstring), or ``None`` when
+        positions need no shift: no model mask, a data-dependent pattern, or (outside ``torch.compile``) every
+        offset 0. While compiling the tensor is returned whenever there is a mask, since testing its values
+        would be a data-dependent branch; the kernels then take their per-row path, which gives the same result."""
+        if "row_offsets" not in self.cache:
+            offsets = None
+            if self.attention_mask is not None and not self.pattern.dynamic:
+                offsets = first_real_positions(self.attention_mask, self.query.shape[0])
+                if not torch.compiler.is_compiling() and not bool(offsets.any()):
+                    offsets = None
+            self.cache["row_offsets"] = offsets
+        return self.cache["row_offsets"]
+
+
+def first_real_positions(mask: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[batch]`` int64: per batch row, the first key that ``mask`` (boolean ``True`` = attend, or additive float
+    with ``finfo.min``/``-inf`` = masked; broadcastable to ``[B, H, Lq, Lk]``) lets any query attend; 0 for a row
+    that attends nothing."""
+    keep = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min
+    keep = keep.reshape((1,) * (4 - keep.dim()) + tuple(keep.shape)) if keep.dim() < 4 else keep
+    seen = keep.any(dim=2).any(dim=1)                                   # [B or 1, Lk]
+    first = torch.where(seen.any(-1), seen.to(torch.int8).argmax(-1), torch.zeros((), dtype=torch.long,
+                                                                                  device=mask.device))
+    return first.expand(batch) if first.shape[0] != batch else first
+
+
+def shifted_allowed(pattern: Pattern, ctx: MaskContext, offsets: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, Lq, Lk]`` bool: ``pattern`` bound to ``ctx`` with row ``b``'s positions counted from
+    ``offsets[b]``; pairs with either position before ``offsets[b]`` are not allowed."""
+    mod = bound_mask_mod(pattern, ctx)
+    dev = offsets.device
+    zero = torch.zeros((), dtype=torch.long, device=dev)
+    kv = torch.arange(ctx.kv_len, device=dev)[None, :]
+    step = max(1, CHUNK_ELEMENTS // max(ctx.kv_len, 1))
+    rows = []
+    for b in range(offsets.shape[0]):  # one row at a time bounds the mask function's int64 intermediates
+        off = offsets[b]
+        k = kv - off
+        for start in range(0, ctx.q_len, step):
+            q = torch.arange(start, min(start + step, ctx.q_len), device=dev)[:, None] + (ctx.q_offset - off)
+            allowed = mod(zero, zero, q.clamp(min=0), k.clamp(min=0)) & (q >= 0) & (k >= 0)
+            rows.append(allowed.expand(q.shape[0], ctx.kv_len))
+    if not rows:
+        return torch.zeros(offsets.shape[0], 1, ctx.q_len, ctx.kv_len, dtype=torch.bool, device=dev)
+    return torch.cat(rows, dim=0).view(offsets.shape[0], 1, ctx.q_len, ctx.kv_len)
+
 
 def expand_kv_heads(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
     """Key and value repeated to the query's head count (grouped-query attention)."""
@@ -106,8 +161,11 @@ def dynamic_allowed(call: AttentionCall) -> torch.Tensor:
 
 def combined_allowed(call: AttentionCall) -> torch.Tensor:
     """Boolean mask broadcastable to ``[B, Hq, Lq, Lk]``: pattern AND the model's boolean mask."""
+    offsets = call.row_offsets()
     if call.pattern.dynamic:
         allowed = dynamic_allowed(call)
+    elif offsets is not None:
+        allowed = shifted_allowed(call.pattern, call.ctx, offsets.to(call.query.device))
     else:
         allowed = allowed_matrix(call.pattern, call.ctx, call.query.device)
     if call.has_bool_model_mask:

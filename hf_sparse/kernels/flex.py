@@ -81,6 +81,17 @@ def _relative(mod: MaskMod, q_offset: int) -> MaskMod:
     return lambda b, h, q_idx, kv_idx: mod(b, h, q_idx + q_offset, kv_idx)
 
 
+def _from_first_real(mod: MaskMod, q_offset: int, offsets: torch.Tensor) -> MaskMod:
+    """Row ``b``'s positions counted from its first real token ``offsets[b]`` (see :mod:`hf_sparse.kernels.call`):
+    pairs before it are not allowed."""
+    def shifted(b, h, q_idx, kv_idx):
+        off = offsets[b]
+        q, kv = q_idx + (q_offset - off), kv_idx - off
+        return mod(b, h, q.clamp(min=0), kv.clamp(min=0)) & (q >= 0) & (kv >= 0)
+
+    return shifted
+
+
 @functools.lru_cache(maxsize=32)
 def _static_block_mask(pattern: Pattern, ctx: MaskContext, device: str, compiled: bool):
     from torch.nn.attention.flex_attention import create_block_mask
@@ -111,9 +122,11 @@ def _flex_call(call: AttentionCall, compiled: bool) -> tuple[torch.Tensor, None]
     ctx, device = call.ctx, call.query.device
     batch, heads = call.query.shape[:2]
     mask = call.attention_mask if call.has_bool_model_mask else None
-    if mask is not None or call.pattern.dynamic:
+    offsets = call.row_offsets()
+    if mask is not None or call.pattern.dynamic or offsets is not None:
         pattern_mod = call.dynamic_binding()[0] if call.pattern.dynamic else bound_mask_mod(call.pattern, ctx)
-        mods = [_relative(pattern_mod, ctx.q_offset)]
+        mods = [_relative(pattern_mod, ctx.q_offset) if offsets is None
+                else _from_first_real(pattern_mod, ctx.q_offset, offsets.to(device))]
         if mask is not None:
             m = mask.expand(batch, mask.shape[1], ctx.q_len, ctx.kv_len)
             mods.append(lambda b, h, q_idx, kv_idx: m[b, h % m.shape[1], q_idx, kv_idx])

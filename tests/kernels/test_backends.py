@@ -221,3 +221,78 @@ def test_blocksparse_inference_band_rows_take_the_matmul_path_and_equal_referenc
         assert rows_by_matmul == [], "half types stay on the fused kernel"
     else:
         assert sum(rows_by_matmul) >= 5, f"band rows on the matmul path per batch: {rows_by_matmul}"
+
+
+LEFT_PADDED_PATTERNS = [
+    ("sliding_window", {"window": 5, "num_global": 1}),
+    ("sliding_window", {"window": 3, "num_global": 3}),
+    ("block_local", {"block_size": 16, "num_global": 1}),
+    ("strided", {"stride": 7, "window": 2, "num_global": 2}),
+    ("dilated", {"window": 4, "dilation": 2, "num_global": 1}),
+    ("longformer", {"window": 4}),
+    ("random", {"num_random": 1, "block_size": 16, "num_global": 1}),
+    ("bigbird", {"block_size": 16, "num_random_blocks": 1, "num_global_blocks": 1}),
+]
+LEFT_OFFSETS = (0, 9, 40)  # first real token of each batch row
+
+
+def _left_padded_call(name, options, causal, q_len, requires_grad=True, length=70):
+    from hf_sparse.kernels import AttentionCall
+    from hf_sparse.patterns import MaskContext, make_pattern
+
+    gen = torch.Generator().manual_seed(11)
+    batch = len(LEFT_OFFSETS)
+    q = torch.randn(batch, 4, q_len, 16, generator=gen).requires_grad_(requires_grad)
+    k, v = (torch.randn(batch, 2, length, 16, generator=gen).requires_grad_(requires_grad) for _ in range(2))
+    keep = torch.ones(batch, length, dtype=torch.bool)
+    for row, offset in enumerate(LEFT_OFFSETS):
+        keep[row, :offset] = False
+    mask = keep[:, None, None, :].expand(batch, 1, q_len, length)
+    if causal:  # a model's explicit mask carries causality, as Transformers' does
+        i = torch.arange(length - q_len, length)[:, None]
+        mask = mask & (torch.arange(length)[None, :] <= i)
+    ctx = MaskContext(q_len, length, length - q_len, causal=causal)
+    return AttentionCall(q, k, v, make_pattern(name, **options), ctx, attention_mask=mask, block_size=16)
+
+
+@pytest.mark.parametrize("q_len", [70, 33, 1])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name,options", LEFT_PADDED_PATTERNS)
+def test_left_padded_rows_count_positions_from_their_first_real_token(name, options, causal, q_len):
+    """The rule: each row is what the sequence gives alone (its real part, positions from its first real token);
+    query rows before the first real token get zeros. Random draws depend on the call's length, so for random
+    and bigbird only the rows without padding are compared with the row alone."""
+    from hf_sparse.kernels import AttentionCall
+    from hf_sparse.patterns import MaskContext
+
+    call = _left_padded_call(name, options, causal, q_len, requires_grad=False)
+    out, _ = reference_attention(call)
+    length = call.key.shape[2]
+    for row, offset in enumerate(LEFT_OFFSETS):
+        start = max(0, offset - (length - q_len))  # first real query row
+        assert torch.equal(out[row, :, :start], torch.zeros_like(out[row, :, :start]))
+        if name in ("random", "bigbird") and offset:
+            continue
+        ctx = MaskContext(q_len - start, length - offset, length - q_len + start - offset, causal=causal)
+        alone = AttentionCall(call.query[row:row + 1, :, start:], call.key[row:row + 1, :, offset:],
+                              call.value[row:row + 1, :, offset:], call.pattern, ctx)
+        want, _ = reference_attention(alone)
+        torch.testing.assert_close(out[row:row + 1, :, start:], want, **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("q_len", [70, 1])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name,options", LEFT_PADDED_PATTERNS)
+def test_backends_equal_reference_on_left_padded_rows(backend, name, options, causal, q_len):
+    """Per-row first-real-token offsets (0, 9, 40 in one batch): every backend equals the reference, forward and
+    (where the backend has a backward here) gradients."""
+    call = _left_padded_call(name, options, causal, q_len, requires_grad=backend in GRAD_BACKENDS)
+    if BACKENDS[backend].unsupported(call) is not None:
+        pytest.skip(BACKENDS[backend].unsupported(call))
+    out, _ = BACKENDS[backend].run(call)
+    want, _ = reference_attention(call)
+    torch.testing.assert_close(out, want, **FP32_TOL)
+    if backend in GRAD_BACKENDS:
+        for got, ref, grad in zip(_grads(call, out), _grads(call, want), "qkv", strict=True):
+            torch.testing.assert_close(got, ref, **FP32_TOL, msg=lambda m, grad=grad: f"grad {grad}\n{m}")
