@@ -122,6 +122,8 @@ def choose_backend(call: AttentionCall, backend: str = "auto") -> str:
     Raises:
         ValueError: unknown backend name, or an explicit backend that cannot compute this call exactly.
     """
+    if torch.compiler.is_compiling():
+        return _compiling_choice(call, backend)
     if backend == "auto":
         name, reason = _auto(call)
         log_once(f"hf_sparse: backend 'auto' chose '{name}' ({reason}) for {call.pattern.describe()}")
@@ -136,6 +138,24 @@ def choose_backend(call: AttentionCall, backend: str = "auto") -> str:
     if reason is not None:
         raise ValueError(f"backend {backend!r} cannot run this call: {reason}; use backend='auto'")
     return backend
+
+
+#: Inside ``torch.compile`` these backends give way to an exact kernel that traces with ``fullgraph=True``: their
+#: plans, ``BlockMask`` caches and left-padding split decide from tensor values (data-dependent branches).
+COMPILE_REPLACEMENTS: dict[str, str] = {"blocksparse": "masked_sdpa", "flex": "masked_sdpa"}
+
+
+def _compiling_choice(call: AttentionCall, backend: str) -> str:
+    """The backend while ``torch.compile`` traces: decided from static settings only, and never logged (a log call
+    breaks a full graph). ``auto`` and the backends of :data:`COMPILE_REPLACEMENTS` run ``masked_sdpa`` (exact for
+    every pattern); ``reference`` when weights are requested. The module state records what ran."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(backend_names())}")
+    if call.need_weights and (backend == "auto" or not BACKENDS[backend].returns_weights):
+        return "reference"
+    if backend == "auto":
+        return "masked_sdpa"
+    return COMPILE_REPLACEMENTS.get(backend, backend)
 
 
 def run_attention(call: AttentionCall, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None, str]:
