@@ -18,13 +18,14 @@ from .runner import (
     collect,
     error_line,
     inprocess_launcher,
+    reference_metrics,
     run_study,
     subprocess_launcher,
 )
 
 __all__ = [
     "EntryConfig", "Launched", "collect", "PlannedRun", "PrepareConfig", "RunResult", "StudyConfig", "console", "error_line",
-    "expand", "inprocess_launcher", "resolve", "rows", "run_study", "subprocess_launcher", "write_report",
+    "expand", "inprocess_launcher", "reference_metrics", "resolve", "rows", "run_study", "subprocess_launcher", "write_report",
 ]
 
 
@@ -32,7 +33,8 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) ->
     """``report.csv``, ``plots/*.png`` and ``report.md`` in the study folder; returns the table rows."""
     root = study.root
     root.mkdir(parents=True, exist_ok=True)
-    table = rows(results)
+    reference = reference_metrics(study, [r.run for r in results])
+    table = rows(results, reference)
     write_csv(table, root / "report.csv")
     plots = write_plots(table, root / "plots")
     done = sum(r.status == "ok" for r in results)
@@ -44,8 +46,12 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) ->
         f"launch to exit (reused runs included); this invocation of the study took {wall_s / 60:.1f} min.",
         "",
         f"Shared budget and settings: {budget}. Metrics are on the test split; throughput is samples/s of the "
-        "training loop and of the test evaluation; speed-up divides by the task's dense run; peak memory is "
-        "the process peak RSS on CPU (CUDA max allocated on GPU). Config of each run: `runs/<run>/run_config.yaml`.",
+        "training loop and of the test evaluation; speed-ups divide by runs of this study only (the faster "
+        "full-length dense run of the task, and its truncated dense run); ± is one standard error of an accuracy, "
+        "sqrt(p(1-p)/n) on the n test examples; peak MB is the peak resident memory (ru_maxrss) of the training "
+        "process on CPU, model, data and all (CUDA max allocated on GPU). Config of each run: "
+        "`runs/<run>/run_config.yaml`.",
+        "", _reference_line(study, reference),
     ]
     loads = [r.load_avg for r in results if r.load_avg is not None]
     if loads:
@@ -54,6 +60,17 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) ->
                      + ("; the machine was shared with other jobs, so the speed columns carry their noise." if busy else ".")]
     (root / "report.md").write_text(markdown(table, f"Study {study.name}", preamble, study.tolerance, plots))
     return table
+
+
+def _reference_line(study: StudyConfig, reference: dict[str, dict]) -> str:
+    compared = [name for name, ref in reference.items() if "metrics" in ref]
+    if not reference:
+        return (f"Reference: none (no finished runs of the same names under `{study.reference}`); commit a finished "
+                "study there to compare against it.")
+    line = (f"Reference: `{study.reference}`, the committed results; {len(compared)} run(s) with the same config "
+            "show its metric and the difference (this run minus the reference)")
+    differs = [f"{name} ({ref['differs']})" for name, ref in reference.items() if "differs" in ref]
+    return line + (f"; not compared: {'; '.join(differs)}." if differs else ".")
 
 
 def _cpus() -> int:

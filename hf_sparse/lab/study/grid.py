@@ -2,8 +2,9 @@
 
 A study YAML (see configs/study/default.yaml)::
 
-    name: default                      # results go to output_dir (default results/<name>)
-    output_dir: null
+    name: default                      # results go to output_dir (null: a fresh results/<name>-<timestamp>)
+    output_dir: null                   # an existing study folder resumes it: unchanged finished runs are skipped
+    reference_dir: null                # committed results to compare with (null: results/reference/<name>)
     launcher: accelerate               # accelerate | python (a plain subprocess)
     accelerate_config: configs/accelerate/cpu_single.yaml
     timeout_s: 1800                    # per run; a run past it is killed and shown as failed
@@ -16,6 +17,7 @@ A study YAML (see configs/study/default.yaml)::
         config: configs/sentiment/sliding_window.yaml
         overrides: {data: {max_train_samples: 800}}
         sweep: {sparse.options.window: [2, 4, 8]}     # cartesian product over the listed keys
+        role: sparse                   # dense | dense_truncated | sparse (null: dense if the config has sparse: null)
         prepare: {command: "python scripts/...", creates: path}   # optional, run once if `creates` is missing
         enabled: true
 
@@ -25,6 +27,11 @@ Overrides and sweeps may be written nested (``{train: {epochs: 1}}``) or with do
 A run's config is: the entry's config file <- common_overrides <- task_overrides[task] <- the entry's overrides
 <- its sweep values,
 then ``run_name`` and ``output_dir`` set by the study.
+
+Roles tell the report which rows are the speed baselines of a task: ``dense`` rows run full-length dense
+attention (several are allowed, e.g. the model's default attention dropout and dropout 0; speed-ups divide
+by the faster), the one ``dense_truncated`` row runs dense attention on inputs cut short (e.g. 512 tokens;
+speed-ups against it are separate columns), ``sparse`` rows are the rest.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +49,7 @@ import yaml
 from hf_sparse.cli.settings import ConfigError, build_dataclass, load_settings, read_yaml_mapping
 
 LAUNCHERS = ("accelerate", "python")
+ROLES = ("dense", "dense_truncated", "sparse")
 
 
 @dataclass
@@ -63,12 +72,14 @@ class EntryConfig:
     sweep: dict[str, Any] = field(default_factory=dict)
     prepare: PrepareConfig | None = None
     enabled: bool = True
+    role: str | None = None  # one of ROLES; None: "dense" when the run has no sparse pattern, else "sparse"
 
 
 @dataclass
 class StudyConfig:
     name: str = "study"
     output_dir: str | None = None
+    reference_dir: str | None = None
     launcher: str = "accelerate"
     accelerate_config: str = "configs/accelerate/cpu_single.yaml"
     timeout_s: int | None = 1800
@@ -100,11 +111,34 @@ class StudyConfig:
                     raise ConfigError(f"study key '{where}.sweep.{key}' must be a non-empty list of values, got {values!r}")
             if entry.prepare is not None and not (entry.prepare.command and entry.prepare.creates):
                 raise ConfigError(f"study key '{where}.prepare' needs both 'command' and 'creates'")
+            if entry.role is not None and entry.role not in ROLES:
+                raise ConfigError(f"study key '{where}.role' must be one of {', '.join(ROLES)} (or null), "
+                                  f"got {entry.role!r}")
+        truncated: dict[str, str] = {}
+        for name, entry in self.entries.items():
+            if entry.role != "dense_truncated" or not entry.enabled:
+                continue
+            if entry.sweep:
+                raise ConfigError(f"study key 'entries.{name}.sweep' must be empty for role dense_truncated "
+                                  "(the report compares against one truncated row per task)")
+            if entry.task in truncated:
+                raise ConfigError(f"entries {truncated[entry.task]!r} and {name!r} are both role dense_truncated for "
+                                  f"task {entry.task!r}; keep one (set the other's role to dense or sparse)")
+            truncated[entry.task] = name
 
     @property
     def root(self) -> Path:
-        """The study's folder: report, plots and ``runs/<run>/``."""
-        return Path(self.output_dir or f"results/{self.name}")
+        """The study's folder: report, plots and ``runs/<run>/``. With ``output_dir: null`` a fresh folder
+        ``results/<name>-<YYYYmmdd-HHMMSS>`` is chosen on first use and kept (``output_dir`` is set to it),
+        so a new study never reuses runs; passing an existing study folder as ``output_dir`` resumes it."""
+        if self.output_dir is None:
+            self.output_dir = str(fresh_folder(Path("results"), self.name))
+        return Path(self.output_dir)
+
+    @property
+    def reference(self) -> Path:
+        """The committed results the report compares with (they may not exist yet)."""
+        return Path(self.reference_dir or f"results/reference/{self.name}")
 
     # -- round trips --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +178,7 @@ class PlannedRun:
     overrides: dict[str, Any]
     sweep: dict[str, Any]  # the dotted sweep keys and this run's values (for the report)
     prepare: PrepareConfig | None = None
+    role: str | None = None  # the entry's role (None: from the run's pattern, see the module docstring)
 
 
 def expand(study: StudyConfig) -> list[PlannedRun]:
@@ -160,7 +195,8 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
             name = f"{entry_name}-{suffix}" if suffix else entry_name
             overrides = _merge(study.common_overrides, study.task_overrides.get(entry.task) or {})
             overrides = _merge(_merge(overrides, entry.overrides), unflatten(point))
-            runs.append(PlannedRun(name, entry_name, entry.task, entry.config, overrides, point, entry.prepare))
+            runs.append(PlannedRun(name, entry_name, entry.task, entry.config, overrides, point, entry.prepare,
+                                   entry.role))
     seen: set[str] = set()
     for run in runs:
         if run.name in seen:
@@ -182,6 +218,16 @@ def resolve(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
+
+
+def fresh_folder(parent: Path, name: str) -> Path:
+    """``parent/<name>-<YYYYmmdd-HHMMSS>`` (with ``-2``, ``-3``... if that exists already)."""
+    base = parent / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return folder
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

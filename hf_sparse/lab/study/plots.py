@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .report import pareto_front
+from .report import pareto_front, role_of
 
 
 def _pyplot():
@@ -59,7 +59,7 @@ def metric_vs_density(task_rows: list[dict[str, Any]], path: Path) -> Path | Non
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    dense = next((r for r in ok if r["pattern"] == "dense"), None)
+    dense = next((r for r in ok if role_of(r) == "dense"), None)  # not the truncated row
     if dense is not None:
         ax.axhline(dense["value"], color="black", ls="--", lw=1, label=f"dense ({dense['value']:.3f})")
     for entry in dict.fromkeys(r["entry"] for r in ok if r["pattern"] != "dense"):

@@ -1,5 +1,10 @@
-"""The study's table: one row per run from its metrics.json (speed-ups against the task's dense run), the
-honesty notes on speed, the Pareto front, the "too sparse" point, and the CSV / markdown / console forms."""
+"""The study's table: one row per run from its metrics.json, the honesty notes on speed, the Pareto front, the
+"too sparse" point, and the CSV / markdown / console forms.
+
+Speed-ups divide only by runs of the same task in the same study folder: ``*_speedup`` by the faster of the
+task's ``dense`` rows (full-length dense attention; the faster one separately for train and eval),
+``*_speedup_vs_truncated`` by its ``dense_truncated`` row (see hf_sparse.lab.study.grid for roles). The
+committed reference study contributes only its metric (``ref_value``, ``ref_diff``), never a speed."""
 
 from __future__ import annotations
 
@@ -16,48 +21,96 @@ from .runner import RunResult
 DENSE_COST_BACKENDS = {"masked_sdpa", "reference"}
 
 CSV_COLUMNS = [
-    "task", "run", "entry", "sweep", "status", "skipped", "pattern", "metric", "value", "token_density",
-    "block_density", "block_size", "eval_length", "train_samples_per_s", "eval_samples_per_s",
-    "generation_tokens_per_s", "train_speedup", "eval_speedup", "peak_memory_mb", "backends", "pareto",
-    "total_wall_s", "error",
+    "task", "run", "entry", "role", "sweep", "status", "skipped", "pattern", "metric", "value", "value_se",
+    "test_size", "ref_value", "ref_diff", "token_density", "block_density", "block_size", "eval_length",
+    "train_samples_per_s", "eval_samples_per_s", "generation_tokens_per_s", "train_speedup", "eval_speedup",
+    "train_speedup_vs_truncated", "eval_speedup_vs_truncated", "peak_memory_mb", "backends", "pareto",
+    "total_wall_s", "ref_note", "error",
 ]
 
 
-def rows(results: list[RunResult]) -> list[dict[str, Any]]:
-    """One flat row per result; speed-ups divide by the first ok dense run of the same task."""
+def rows(results: list[RunResult], reference: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One flat row per result (``reference``: :func:`~hf_sparse.lab.study.runner.reference_metrics`); speed-ups
+    as the module docstring says."""
     out = []
     for result in results:
         m = result.metrics if result.status == "ok" else None
         m = m or {}
         speed, sparse = m.get("speed") or {}, m.get("sparse") or {}
         primary = m.get("primary_metric")
+        pattern = sparse.get("pattern") or _part_patterns(sparse)
+        value, test_size = (m.get("test") or {}).get(primary), (m.get("data") or {}).get("test")
+        ref = (reference or {}).get(result.run.name) or {}
+        ref_value = ((ref.get("metrics") or {}).get("test") or {}).get(primary) if primary else None
         out.append({
             "task": result.run.task, "run": result.run.name, "entry": result.run.entry,
+            "role": result.run.role or (None if pattern is None else "dense" if pattern == "dense" else "sparse"),
             "sweep": ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in result.run.sweep.items()),
             "status": result.status, "skipped": result.skipped,
-            "pattern": sparse.get("pattern") or _part_patterns(sparse), "metric": primary,
-            "value": (m.get("test") or {}).get(primary), "token_density": _density(sparse, "token_density"),
+            "pattern": pattern, "metric": primary, "value": value,
+            "value_se": standard_error(primary, value, test_size), "ref_value": ref_value,
+            "ref_diff": round(value - ref_value, 6) if value is not None and ref_value is not None else None,
+            "ref_note": ref.get("differs"), "token_density": _density(sparse, "token_density"),
             "block_density": _density(sparse, "block_density"), "block_size": sparse.get("block_size"),
             "eval_length": sparse.get("eval_length"),
             "train_samples_per_s": speed.get("train_samples_per_s"), "eval_samples_per_s": speed.get("eval_samples_per_s"),
             "generation_tokens_per_s": speed.get("generation_tokens_per_s"),
-            "train_speedup": None, "eval_speedup": None, "peak_memory_mb": speed.get("peak_memory_mb"),
-            "test_size": (m.get("data") or {}).get("test"), "load_avg": result.load_avg,
+            "train_speedup": None, "eval_speedup": None, "train_speedup_vs_truncated": None,
+            "eval_speedup_vs_truncated": None, "peak_memory_mb": speed.get("peak_memory_mb"),
+            "test_size": test_size, "load_avg": result.load_avg,
             "backends": _backends(sparse), "backends_set": sorted(set(_collect(sparse, "backends"))), "pareto": False, "total_wall_s": speed.get("total_wall_s"),
             "error": result.error if result.status != "ok" else None,
         })
     for task in tasks(out):
         task_rows = [r for r in out if r["task"] == task]
-        dense = next((r for r in task_rows if r["status"] == "ok" and r["pattern"] == "dense"), None)
-        for r in task_rows:
-            for kind in ("train", "eval"):
-                base, mine = (dense or {}).get(f"{kind}_samples_per_s"), r[f"{kind}_samples_per_s"]
-                if base and mine:
-                    r[f"{kind}_speedup"] = round(mine / base, 3)
+        truncated = baseline(task_rows, "dense_truncated", "train")
+        for kind in ("train", "eval"):
+            dense = baseline(task_rows, "dense", kind)
+            for r in task_rows:
+                mine = r[f"{kind}_samples_per_s"]
+                for base, column in ((dense, f"{kind}_speedup"), (truncated, f"{kind}_speedup_vs_truncated")):
+                    if base is not None and base[f"{kind}_samples_per_s"] and mine:
+                        r[column] = round(mine / base[f"{kind}_samples_per_s"], 3)
         ok = [r for r in task_rows if r["value"] is not None and r["train_samples_per_s"]]
         for i in pareto_front([(r["train_samples_per_s"], r["value"]) for r in ok]):
             ok[i]["pareto"] = True
     return out
+
+
+def standard_error(metric: str | None, value: float | None, n: int | None) -> float | None:
+    """One standard error of an accuracy measured on ``n`` examples, ``sqrt(p (1 - p) / n)``; ``None`` for
+    other metrics (BLEU, ROUGE: no closed form) or when ``n`` is unknown."""
+    if metric != "accuracy" or value is None or not n:
+        return None
+    return round(math.sqrt(value * (1 - value) / n), 4)
+
+
+def role_of(r: dict[str, Any]) -> str | None:
+    """A row's role; rows built without one (older callers) count as dense when their pattern is."""
+    return r.get("role") or ("dense" if r.get("pattern") == "dense" else "sparse")
+
+
+def baseline(task_rows: list[dict[str, Any]], role: str, kind: str) -> dict[str, Any] | None:
+    """The fastest ok row of ``role`` by ``kind`` ("train" | "eval") samples/s, if any has a speed."""
+    rows_ = [r for r in task_rows if r["status"] == "ok" and role_of(r) == role and r[f"{kind}_samples_per_s"]]
+    return max(rows_, key=lambda r: r[f"{kind}_samples_per_s"], default=None)
+
+
+def baseline_note(task_rows: list[dict[str, Any]]) -> str:
+    """Which runs the speed-up columns divide by."""
+    parts = []
+    for kind in ("train", "eval"):
+        dense = baseline(task_rows, "dense", kind)
+        if dense is not None:
+            parts.append(f"{kind}: {dense['run']} ({dense[f'{kind}_samples_per_s']:.1f}/s)")
+    if not parts:
+        return "No dense full-length run finished, so there are no speed-ups."
+    note = f"Speed-ups divide by the faster full-length dense run ({'; '.join(parts)})"
+    truncated = baseline(task_rows, "dense_truncated", "train")
+    if truncated is not None:
+        length = f" at {truncated['eval_length']} tokens" if truncated["eval_length"] else ""
+        note += f"; the \"vs truncated\" columns by {truncated['run']} (dense attention on truncated inputs{length})"
+    return note + "."
 
 
 def tasks(table: list[dict[str, Any]]) -> list[str]:
@@ -97,7 +150,7 @@ def speed_note(task_rows: list[dict[str, Any]]) -> str:
 def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
     """Per swept entry: the densest setting whose metric falls more than the fraction ``tolerance`` below
     dense (``value < dense * (1 - tolerance)``)."""
-    dense = next((r for r in task_rows if r["status"] == "ok" and r["pattern"] == "dense"), None)
+    dense = next((r for r in task_rows if r["status"] == "ok" and role_of(r) == "dense"), None)
     if dense is None or dense["value"] is None:
         return []
     lines = []
@@ -131,11 +184,16 @@ def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
 
 # -- output forms ---------------------------------------------------------------------------------------------------
 
-MD_COLUMNS = [("run", "run"), ("status", "status"), ("value", "metric"), ("token_density", "token density"),
-              ("block_density", "block density"), ("train_samples_per_s", "train samples/s"),
-              ("eval_samples_per_s", "eval samples/s"), ("train_speedup", "train speed-up"),
-              ("eval_speedup", "eval speed-up"), ("peak_memory_mb", "peak MB"), ("backends", "backend"),
-              ("pareto", "Pareto")]
+MD_COLUMNS = [("run", "run"), ("role", "role"), ("status", "status"), ("value", "metric"),
+              ("token_density", "token density"), ("eval_length", "eval length"),
+              ("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval samples/s"),
+              ("train_speedup", "train speed-up"), ("eval_speedup", "eval speed-up"), ("peak_memory_mb", "peak MB"),
+              ("backends", "backend"), ("pareto", "Pareto")]
+#: Columns shown only where a row of the task has a value: (key, title, the column they follow).
+MD_OPTIONAL = [("ref_value", "reference (diff)", "value"),
+               ("generation_tokens_per_s", "generated tokens/s", "eval_samples_per_s"),
+               ("train_speedup_vs_truncated", "train vs truncated", "eval_speedup"),
+               ("eval_speedup_vs_truncated", "eval vs truncated", "train_speedup_vs_truncated")]
 
 
 def write_csv(table: list[dict[str, Any]], path: Path) -> Path:
@@ -150,16 +208,13 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> Path:
 def task_table(task_rows: list[dict[str, Any]]) -> list[list[str]]:
     """Header plus one row of cells per run (a failed run shows its error in the status cell)."""
     metric = next((r["metric"] for r in task_rows if r["metric"]), "metric")
-    header = [metric if key == "value" else title for key, title in MD_COLUMNS]
-    if any(r["generation_tokens_per_s"] for r in task_rows):
-        header.insert(7, "generated tokens/s")
-    body = []
-    for r in task_rows:
-        cells = [_cell(key, r) for key, _ in MD_COLUMNS]
-        if len(header) > len(MD_COLUMNS):
-            cells.insert(7, _cell("generation_tokens_per_s", r))
-        body.append(cells)
-    return [header, *body]
+    columns = list(MD_COLUMNS)
+    for key, title, after in MD_OPTIONAL:
+        if any(r.get(key) is not None for r in task_rows):
+            columns.insert([k for k, _ in columns].index(after) + 1, (key, title))
+    header = [f"{metric} ± SE" if key == "value" and any(r["value_se"] is not None for r in task_rows)
+              else metric if key == "value" else title for key, title in columns]
+    return [header, *[[_cell(key, r) for key, _ in columns] for r in task_rows]]
 
 
 def markdown(table: list[dict[str, Any]], title: str, preamble: Iterable[str], tolerance: float,
@@ -168,7 +223,7 @@ def markdown(table: list[dict[str, Any]], title: str, preamble: Iterable[str], t
     for task in tasks(table):
         task_rows = [r for r in table if r["task"] == task]
         cells = task_table(task_rows)
-        lines += [f"## {task}", "", speed_note(task_rows), ""]
+        lines += [f"## {task}", "", speed_note(task_rows), "", baseline_note(task_rows), ""]
         lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells[1:]]
         lines.append("")
@@ -188,7 +243,7 @@ def console(table: list[dict[str, Any]]) -> str:
         cells = task_table(task_rows)
         widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
         text = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-        blocks.append("\n".join([f"== {task}", speed_note(task_rows).replace("**", ""), *text]))
+        blocks.append("\n".join([f"== {task}", speed_note(task_rows).replace("**", ""), baseline_note(task_rows), *text]))
     return "\n\n".join(blocks)
 
 
@@ -205,7 +260,11 @@ def _cell(key: str, r: dict[str, Any]) -> str:
         return "*" if value else ""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if key.endswith("speedup"):
+    if key == "value" and r.get("value_se") is not None:
+        return f"{value:.4f} ± {r['value_se']:.3f}"
+    if key == "ref_value":
+        return f"{value:.4f} ({r['ref_diff']:+.4f})" if r.get("ref_diff") is not None else f"{value:.4f}"
+    if "speedup" in key:
         no_kernel = r["pattern"] != "dense" and not set(r["backends_set"]) - DENSE_COST_BACKENDS
         return f"({value:.2f}x)" if no_kernel else f"{value:.2f}x"
     if key in ("token_density", "block_density", "value"):

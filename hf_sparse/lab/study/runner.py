@@ -6,6 +6,9 @@ is also the ``--config`` given to the fine-tuning), ``metrics.json``, ``launch.j
 ``stdout.log`` and ``stderr.log``. A run
 is skipped when its metrics.json says ``status: ok`` and its run_config.yaml equals the config the study
 resolves now; otherwise its folder is cleared and it runs again.
+
+A run that fails (an exception, out of memory, killed by the OOM killer, past the study's ``timeout_s``) gets a
+``metrics.json`` with ``status: failed`` and the one-line reason, and the study goes on with the next run.
 """
 
 from __future__ import annotations
@@ -125,16 +128,18 @@ def run_study(
     launcher = launcher or subprocess_launcher(study)
     prepared: dict[str, str | None] = {}  # entry -> error of its prepare command (None: fine)
     results = []
+    start = time.perf_counter()
     for index, run in enumerate(runs, 1):
         head = f"[{index}/{len(runs)}] {run.name}"
         result = _one(study, run, launcher, prepared, log, head, keep_checkpoints)
         results.append(result)
+        elapsed = f"(study {(time.perf_counter() - start) / 60:.1f} min)"
         if result.skipped:
             log(f"{head}: skipped (finished earlier with the same config) {summary(result)}")
         elif result.status == "ok":
-            log(f"{head}: ok in {result.wall_s:.0f} s {summary(result)}")
+            log(f"{head}: ok in {result.wall_s:.0f} s {elapsed} {summary(result)}")
         else:
-            log(f"{head}: FAILED after {result.wall_s:.0f} s: {result.error}")
+            log(f"{head}: FAILED after {result.wall_s:.0f} s {elapsed}: {result.error}")
     return results
 
 
@@ -169,7 +174,7 @@ def _one(study: StudyConfig, run: PlannedRun, launcher: Launcher, prepared: dict
         if not keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         return RunResult(run, "ok", wall_s=wall, metrics=metrics, load_avg=load)
-    error = (metrics or {}).get("error") or _signal(launched) or error_line(launched.stderr)
+    error = (metrics or {}).get("error") or _killed(launched) or error_line(launched.stderr)
     if launched.returncode == 0 and not error:
         error = "the fine-tuning exited 0 but wrote no metrics.json with status ok"
     return _failed(run, run_dir, error or f"exit status {launched.returncode}", wall)
@@ -181,6 +186,13 @@ def _signal(launched: Launched) -> str | None:
         return f"killed by {signal.Signals(-launched.returncode).name}"
     found = re.search(r"died with <Signals\.(SIG\w+)", launched.stderr)
     return f"killed by {found.group(1)}" if found else None
+
+
+def _killed(launched: Launched) -> str | None:
+    """:func:`_signal`, saying that an unasked-for SIGKILL is most often the kernel's out-of-memory killer (the
+    study's own timeout kill says "timed out" instead)."""
+    reason = _signal(launched)
+    return f"{reason} (likely out of memory: the kernel's OOM killer)" if reason == "killed by SIGKILL" else reason
 
 
 def _failed(run: PlannedRun, run_dir: Path, error: str, wall: float) -> RunResult:
@@ -233,12 +245,18 @@ def collect(study: StudyConfig, runs: list[PlannedRun]) -> list[RunResult]:
 
 
 def finished(run_dir: Path, resolved: dict[str, Any]) -> bool:
-    """Whether ``run_dir`` holds an ok metrics.json made with exactly the config ``resolved``."""
+    """Whether ``run_dir`` holds an ok metrics.json made with exactly the config ``resolved`` (apart from
+    :data:`PLACE_KEYS`: the same folder given as a relative or an absolute path is the same study)."""
     metrics = read_metrics(run_dir)
     config_path = run_dir / RUN_CONFIG
     if metrics is None or metrics.get("status") != "ok" or not config_path.is_file():
         return False
-    return yaml.safe_load(config_path.read_text()) == resolved
+    return _what(yaml.safe_load(config_path.read_text()) or {}) == _what(resolved)
+
+
+def _what(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config without the keys that only say where it was written."""
+    return {k: v for k, v in config.items() if k not in PLACE_KEYS}
 
 
 def _launch_wall(run_dir: Path) -> float:
@@ -253,6 +271,37 @@ def _launch_load(run_dir: Path) -> float | None:
         return float(json.loads((run_dir / LAUNCH_FILE).read_text())["load_avg_1min"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+#: Run-config keys that name where a run was written, not what it ran: ignored when matching a reference run.
+PLACE_KEYS = ("output_dir",)
+
+
+def reference_metrics(study: StudyConfig, runs: list[PlannedRun]) -> dict[str, dict[str, Any]]:
+    """Per run name, what the committed reference study (``study.reference``) says about the same run:
+    ``{"metrics": <its ok metrics.json>}`` when its run_config.yaml equals the config resolved now (apart from
+    :data:`PLACE_KEYS`), else ``{"differs": <why>}``; runs the reference does not have are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        ref_dir = study.reference / "runs" / run.name
+        metrics = read_metrics(ref_dir)
+        if metrics is None:
+            continue
+        try:
+            now = resolve(study, run)
+            then = yaml.safe_load((ref_dir / RUN_CONFIG).read_text()) or {}
+        except (ConfigError, OSError, yaml.YAMLError) as exc:
+            out[run.name] = {"differs": " ".join(str(exc).split())}
+            continue
+        now, then = _what(now), _what(then)
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        if metrics.get("status") != "ok":
+            out[run.name] = {"differs": "the reference run failed"}
+        elif changed:
+            out[run.name] = {"differs": f"config differs in {', '.join(changed)}"}
+        else:
+            out[run.name] = {"metrics": metrics}
+    return out
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
