@@ -15,7 +15,9 @@ attend, or ``None``). Without it Transformers would silently drop padding masks 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import sys
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,8 @@ from .patterns import Dense, MaskContext
 
 IMPLEMENTATION_NAME = "hf_sparse"
 STATE_ATTR = "hf_sparse_state"
+#: Key of the settings a patched model records in its config (and ``save_pretrained`` writes to config.json).
+SAVED_KEY = "hf_sparse"
 
 # Keyword arguments some attention modules pass that change the math in ways no sparse kernel models.
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
@@ -115,11 +119,74 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None
     ``AttentionInterface``); on exit, normal or not, every config gets back exactly the implementation it had on
     entry. Re-entrant: nested uses, on the same model or on others, each restore what they found."""
     snapshot = implementation_snapshot(model)
+    for cfg, _ in snapshot:
+        _TEMPORARY[id(cfg)] = _TEMPORARY.get(id(cfg), 0) + 1
     try:
         model.set_attn_implementation(name)
         yield
     finally:
         restore_implementation(snapshot)
+        for cfg, _ in snapshot:
+            _TEMPORARY[id(cfg)] -= 1
+            if not _TEMPORARY[id(cfg)]:
+                del _TEMPORARY[id(cfg)]
+
+
+# ``id(config) -> depth`` of the configs an :func:`attention_implementation` block switched for its duration (a
+# patched model keeps its states through such a switch; any other switch unpatches it, see hf_sparse.patch).
+_TEMPORARY: dict[int, int] = {}
+
+
+def switched_temporarily(cfg: Any) -> bool:
+    """Whether ``cfg`` is switched for the duration of an :func:`attention_implementation` block."""
+    return id(cfg) in _TEMPORARY
+
+
+# Configs whose saved settings were already acted on (applied, or warned about): ``id -> weakref`` (configs are
+# not hashable, and the id of a collected config may be reused, hence the weak reference).
+_SETTLED: dict[int, weakref.ref] = {}
+
+#: Set by :mod:`hf_sparse.patch`: ``(root model) -> None`` applies a loaded model's saved settings on its first call.
+apply_on_first_call: Callable[[torch.nn.Module], None] | None = None
+
+
+def settle(cfg: Any) -> None:
+    """Mark ``cfg``'s saved settings as acted on: the attention function no longer looks at them."""
+    key = id(cfg)
+    _SETTLED[key] = weakref.ref(cfg, lambda _ref, key=key: _SETTLED.pop(key, None))
+
+
+def _pending_settings(module: torch.nn.Module) -> Any:
+    """The config of an unpatched ``module`` if it carries saved hf_sparse settings not yet acted on (a checkpoint
+    of a patched model loaded with plain ``from_pretrained`` / ``from_config`` / ``pipeline``), else ``None``."""
+    cfg = getattr(module, "config", None)
+    if cfg is None or not getattr(cfg, SAVED_KEY, None):
+        return None
+    ref = _SETTLED.get(id(cfg))
+    return None if ref is not None and ref() is cfg else cfg
+
+
+def _calling_model(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The outermost Transformers model whose ``forward`` is running on this call stack and contains ``module``."""
+    from transformers import PreTrainedModel
+
+    found = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, PreTrainedModel) and owner is not found and any(m is module for m in owner.modules()):
+            found = owner
+        frame = frame.f_back
+    return found
+
+
+def _apply_pending(module: torch.nn.Module, cfg: Any) -> ModuleSparseState | None:
+    """Apply the saved settings of the model ``module`` belongs to, once; the module's state afterwards."""
+    root = None if torch.compiler.is_compiling() else _calling_model(module)
+    settle(cfg)
+    if apply_on_first_call is not None:
+        apply_on_first_call(root, module)
+    return get_state(module)
 
 
 def resolve_causal(
@@ -175,6 +242,8 @@ def sparse_attention_forward(
     Returns ``(out [B, Lq, Hq, Dv], weights [B, Hq, Lq, Lk] or None)``.
     """
     state = get_state(module)
+    if state is None and (pending := _pending_settings(module)) is not None:
+        state = _apply_pending(module, pending)
     if state is None:
         return _dense_fallback(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,

@@ -19,16 +19,21 @@ from typing import Any
 import torch
 from transformers import PreTrainedConfig
 
+from . import integration
 from ._version import __version__
 from .config import SparseConfig
 from .integration import (
     IMPLEMENTATION_NAME,
+    SAVED_KEY,
     STATE_ATTR,
     ModuleSparseState,
+    attention_configs,
     get_state,
     implementation_snapshot,
     iter_states,
     restore_implementation,
+    settle,
+    switched_temporarily,
 )
 from .kernels import backend_names
 from .learned.weights import restore_added_weights
@@ -36,8 +41,11 @@ from .models import AttentionSite, check_supported, image_layout, model_type, un
 from .patterns import Pattern
 from .positions import plan_extension
 
-SAVED_KEY = "hf_sparse"
 _ORIGINALS_ATTR = "_hf_sparse_original_attn"
+_HOOK_ATTR = "_hf_sparse_switch_hook"
+#: Written next to the settings so that config.json names the implementation and Transformers loads the
+#: checkpoint with it (``PreTrainedConfig`` reads an ``attn_implementation`` key back; it never writes one).
+_IMPLEMENTATION_KEY = "attn_implementation"
 
 FilterFn = Callable[[str, torch.nn.Module], bool]
 
@@ -194,8 +202,15 @@ def _own_configs(model: torch.nn.Module) -> None:
 def _switch_implementation(model: torch.nn.Module) -> None:
     if not hasattr(model, _ORIGINALS_ATTR):
         _own_configs(model)
-        setattr(model, _ORIGINALS_ATTR, implementation_snapshot(model))
+        # A checkpoint of a patched model loads with the hf_sparse implementation: unpatching goes to the default.
+        default = model.get_correct_attn_implementation(None) if hasattr(model, "get_correct_attn_implementation") \
+            else "sdpa"
+        setattr(model, _ORIGINALS_ATTR, [(cfg, default if name == IMPLEMENTATION_NAME else name)
+                                         for cfg, name in implementation_snapshot(model)])
+        setattr(model, _HOOK_ATTR, model.register_forward_pre_hook(_notice_switch))
     model.set_attn_implementation(IMPLEMENTATION_NAME)
+    for cfg in attention_configs(model):
+        settle(cfg)
     stale = [
         site.name for site in check_supported(model)
         if getattr(getattr(site.module, "config", None), "_attn_implementation", None) != IMPLEMENTATION_NAME
@@ -208,10 +223,50 @@ def _switch_implementation(model: torch.nn.Module) -> None:
         )
 
 
-def _restore_implementation(model: torch.nn.Module) -> None:
-    restore_implementation(getattr(model, _ORIGINALS_ATTR, []))
-    if hasattr(model, _ORIGINALS_ATTR):
-        delattr(model, _ORIGINALS_ATTR)
+def _restore_implementation(model: torch.nn.Module, *, restore: bool = True) -> None:
+    if restore:
+        restore_implementation(getattr(model, _ORIGINALS_ATTR, []))
+    for attr in (_ORIGINALS_ATTR, _HOOK_ATTR):
+        if attr == _HOOK_ATTR and hasattr(model, attr):
+            getattr(model, attr).remove()
+        if hasattr(model, attr):
+            delattr(model, attr)
+
+
+def _switched_away(model: torch.nn.Module) -> str | None:
+    """The implementation a patched ``model`` was switched to (``set_attn_implementation``) after patching, or
+    ``None`` while every patched module still dispatches to hf_sparse."""
+    for _, module in _patched(model):
+        cfg = getattr(module, "config", None)
+        name = getattr(cfg, "_attn_implementation", IMPLEMENTATION_NAME)
+        if name != IMPLEMENTATION_NAME and not switched_temporarily(cfg):
+            return name
+    return None
+
+
+def _patched(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    return [(name, module) for name, module in model.named_modules() if get_state(module) is not None]
+
+
+def _sync(model: torch.nn.Module) -> None:
+    """Unpatch ``model`` cleanly if it was switched to another attention implementation after patching (Transformers
+    gives no way to refuse the switch): its states and settings go, the implementation it was switched to stays."""
+    switched = _switched_away(model)
+    if switched is None:
+        return
+    _unpatch(model, restore=False)
+    warnings.warn(
+        f"hf_sparse: {type(model).__name__} was switched to attn_implementation={switched!r} after patch_model, so "
+        "it was unpatched (sparse settings removed); call hf_sparse.patch_model again to make it sparse",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _notice_switch(model: torch.nn.Module, args: Any) -> None:
+    """Forward pre-hook of a patched model: a switch of implementation unpatches it before it computes."""
+    if model.config._attn_implementation != IMPLEMENTATION_NAME and not switched_temporarily(model.config):
+        _sync(model)
 
 
 def _record(model: torch.nn.Module, config: SparseConfig, names: list[str]) -> None:
@@ -219,33 +274,42 @@ def _record(model: torch.nn.Module, config: SparseConfig, names: list[str]) -> N
     saved["version"] = __version__
     saved["rules"].append({"config": config.to_dict(), "modules": names})
     setattr(model.config, SAVED_KEY, saved)
+    setattr(model.config, _IMPLEMENTATION_KEY, IMPLEMENTATION_NAME)
 
 
 def patched_modules(model: torch.nn.Module) -> dict[str, SparseConfig]:
     """``{module name: SparseConfig}`` for every patched module of ``model`` (names relative to the
     Transformers model inside a wrapper, as the saved settings name them)."""
-    return {name: state.config for name, state in iter_states(unwrap(model))}
+    target = unwrap(model)
+    _sync(target)
+    return {name: state.config for name, state in iter_states(target)}
 
 
 def last_backends(model: torch.nn.Module) -> dict[str, str | None]:
     """``{module name: kernel used by its latest call}`` (``None`` before the first call)."""
-    return {name: state.last_backend for name, state in iter_states(unwrap(model))}
+    target = unwrap(model)
+    _sync(target)
+    return {name: state.last_backend for name, state in iter_states(target)}
 
 
 def unpatch_model(model: torch.nn.Module) -> torch.nn.Module:
     """Undo every ``patch_model`` on ``model``: module states, learned parameters, the attention
     implementation and the saved settings. Logits are then bit-identical to before patching. A wrapper
     (PEFT) is unpatched through the Transformers model inside it, whichever was patched."""
-    target = unwrap(model)
+    _unpatch(unwrap(model), restore=True)
+    return model
+
+
+def _unpatch(target: torch.nn.Module, *, restore: bool) -> None:
     for module in target.modules():
         state = get_state(module)
         if state is not None:
             state.config.pattern.detach(module)
             delattr(module, STATE_ATTR)
-    _restore_implementation(target)
-    if hasattr(target.config, SAVED_KEY):
-        delattr(target.config, SAVED_KEY)
-    return model
+    _restore_implementation(target, restore=restore)
+    for key in (SAVED_KEY, _IMPLEMENTATION_KEY):
+        if key in vars(target.config):
+            delattr(target.config, key)
 
 
 def apply_saved_patch(model: torch.nn.Module) -> torch.nn.Module:
@@ -305,3 +369,34 @@ def load_patched(model_class: Any, path: str, **from_pretrained_kwargs: Any) -> 
     # Parameters a pattern adds (learned gates) did not exist when from_pretrained loaded the weights.
     restore_added_weights(model, path, set(model.state_dict()) - before, **from_pretrained_kwargs)
     return model
+
+
+def _apply_on_first_call(root: torch.nn.Module | None, module: torch.nn.Module) -> None:
+    """Called by the attention function on the first call of a model loaded with saved settings but not patched
+    (plain ``from_pretrained`` / ``from_config`` / ``pipeline`` after ``import hf_sparse``): apply them to ``root``,
+    the model whose forward is running. Where that cannot be done faithfully, warn once and stay dense."""
+    why = None
+    if root is None:
+        why = f"the running model owning {type(module).__name__} was not found (a module called on its own, or compiled)"
+    else:
+        try:
+            before = set(root.state_dict())
+            apply_saved_patch(root)
+            added = set(root.state_dict()) - before
+            if added:
+                path = getattr(root.config, "_name_or_path", "")
+                restore_added_weights(root, path, added)
+        except Exception as exc:  # noqa: BLE001  (any failure: stay dense and say so)
+            why = str(exc)
+            if root is not None and get_state(module) is not None:
+                _unpatch(root, restore=True)
+    if why is not None:
+        warnings.warn(
+            f"hf_sparse: this model's config carries saved sparse settings that were not applied ({why}); it computes "
+            "DENSE attention. Load it with hf_sparse.load_patched(cls, path) or call hf_sparse.apply_saved_patch(model)",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+integration.apply_on_first_call = _apply_on_first_call

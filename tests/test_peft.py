@@ -113,8 +113,12 @@ def test_an_adapter_of_a_patched_model_loads_onto_the_load_patched_base(tmp_path
     reloaded_base = hf_sparse.load_patched(tf.BertForSequenceClassification, str(tmp_path / "base"))
     reloaded = peft.PeftModel.from_pretrained(reloaded_base, tmp_path / "adapter").eval()
     torch.testing.assert_close(run_model(reloaded, inputs), out, atol=1e-5, rtol=0)
-    # the same adapter on the checkpoint loaded with plain from_pretrained runs dense
-    plain_base = tf.BertForSequenceClassification.from_pretrained(tmp_path / "base")
+    # the same adapter on the checkpoint loaded with plain from_pretrained is sparse too (docs/integration.md)
+    auto_base = tf.BertForSequenceClassification.from_pretrained(tmp_path / "base")
+    auto = peft.PeftModel.from_pretrained(auto_base, tmp_path / "adapter").eval()
+    torch.testing.assert_close(run_model(auto, inputs), out, atol=1e-5, rtol=0)
+    # loaded with the dense implementation asked for explicitly, it runs dense
+    plain_base = tf.BertForSequenceClassification.from_pretrained(tmp_path / "base", attn_implementation="sdpa")
     plain = peft.PeftModel.from_pretrained(plain_base, tmp_path / "adapter").eval()
     torch.testing.assert_close(run_model(plain, inputs), dense, atol=1e-5, rtol=0)
     # ... until the settings its config kept are applied through the wrapper
