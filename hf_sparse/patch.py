@@ -376,6 +376,11 @@ def _apply_on_first_call(root: torch.nn.Module | None, module: torch.nn.Module) 
     (plain ``from_pretrained`` / ``from_config`` / ``pipeline`` after ``import hf_sparse``): apply them to ``root``,
     the model whose forward is running. Where that cannot be done faithfully, warn once and stay dense."""
     why = None
+    if root is not None and next(iter(iter_states(root)), None) is not None:
+        # A copy of a patched model (copy.deepcopy): its settings are live already; leave its states alone.
+        for cfg in attention_configs(root):
+            settle(cfg)
+        return
     if root is None:
         why = f"the running model owning {type(module).__name__} was not found (a module called on its own, or compiled)"
     else:

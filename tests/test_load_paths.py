@@ -138,3 +138,19 @@ def test_switching_to_eager_is_noticed_by_the_next_forward(family):
         out = _out(model, inputs)
     assert torch.allclose(out, _out(eager, inputs), atol=1e-6, rtol=0)
     assert not hf_sparse.patched_modules(model) and not hasattr(model.config, "hf_sparse")
+
+
+def test_a_copy_of_a_partly_patched_model_keeps_its_states():
+    """A deep copy of a patched model carries unsettled saved settings; its untargeted (dense) modules must not
+    re-apply them over the copied states (that would rebuild learned parameters and drop the call counts)."""
+    import copy
+
+    model = tiny_model("bert")
+    hf_sparse.patch_model(model, "sliding_window", window=2, layers=[0])
+    twin = copy.deepcopy(model)
+    state = hf_sparse.integration.get_state(twin.bert.encoder.layer[0].attention.self)
+    twin(**model_inputs("bert"))
+    assert hf_sparse.integration.get_state(twin.bert.encoder.layer[0].attention.self) is state
+    assert state.calls == 1
+    assert hf_sparse.integration.get_state(twin.bert.encoder.layer[1].attention.self) is None
+    assert len(twin.config.hf_sparse["rules"]) == 1
