@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         labels = dd["train"].features["label"].names
         print(f"{source_of(dd):32s} {sizes}; {len(labels)} labels ({', '.join(labels[:3])}, ...)")
     for builder, source in ((build_translation, "offline:debian_en_de"), (build_translation, "offline:debian_en_fr"),
-                            (build_summarization, "offline:debian_descriptions")):
+                            (build_summarization, "offline:debian_descriptions"),
+                            (build_summarization, "offline:manpages")):
         try:
             dd = builder(source)
-        except DataSourceError as exc:  # no Debian mirror: the seq2seq tests skip, naming this reason
+        except DataSourceError as exc:  # no Debian mirror (or groff): the seq2seq tests skip, naming this reason
             print(f"{source:32s} SKIPPED: {exc}", file=sys.stderr)
             continue
         sizes = ", ".join(f"{split} {len(ds):,}" for split, ds in dd.items())

@@ -86,6 +86,18 @@ def debian_files(package: str, folder: str, names: list[str]) -> Path:
     unpacked = root / folder.lstrip("/")
     if all((unpacked / n).exists() for n in names):
         return unpacked
+    if unpack_debian(package, root) and all((unpacked / n).exists() for n in names):
+        return unpacked
+    raise DataSourceError(
+        f"the Debian package {package} is missing: run `apt-get install -y {package}` (as root; it puts the "
+        f"files in {folder}) or `apt-get download {package} && dpkg -x {package}_*.deb {root}`"
+    )
+
+
+def unpack_debian(package: str, root: Path) -> bool:
+    """Unpack the Debian ``package`` into ``root`` with ``apt-get download`` + ``dpkg -x`` (no root needed; if
+    the apt lists lack the package a private ``apt-get update`` fills lists under the cache folder).
+    ``False`` when it cannot be fetched (no apt-get, no mirror, unknown package)."""
     root.mkdir(parents=True, exist_ok=True)
     notify(f"fetching the Debian package {package} into {root} (first use only)")
     lists = data_dir() / "debian" / "apt-lists"
@@ -98,17 +110,13 @@ def debian_files(package: str, folder: str, names: list[str]) -> Path:
             result = subprocess.run(["apt-get", *options, "download", package], cwd=root, capture_output=True,
                                     text=True)
         except FileNotFoundError:
-            break  # no apt-get on this machine
+            return False  # no apt-get on this machine
         debs = sorted(root.glob(f"{package}_*.deb"))
         if result.returncode == 0 and debs:
             subprocess.run(["dpkg", "-x", str(debs[-1]), str(root)], check=True, capture_output=True)
             debs[-1].unlink()
-            if all((unpacked / n).exists() for n in names):
-                return unpacked
-    raise DataSourceError(
-        f"the Debian package {package} is missing: run `apt-get install -y {package}` (as root; it puts the "
-        f"files in {folder}) or `apt-get download {package} && dpkg -x {package}_*.deb {root}`"
-    )
+            return True
+    return False
 
 
 def last_line(text: str) -> str:

@@ -10,6 +10,9 @@ binaries. Descriptions are grouped by near-duplication (MinHash LSH over word 3-
 >= 0.7, :mod:`.dedup`) and only the first of each group is kept, so no two kept sources are near-copies and
 none can leak from train into test; the seeded split is 10% / 10% validation / test by default.
 
+``"offline:manpages"`` (:mod:`.manpages`, docs/data/manpages.md): long inputs, Debian manual pages rendered
+to text (NAME section removed) -> their one-line NAME description; split by page name and target.
+
 Hub data: ``cnn_dailymail:3.0.0`` (``article`` / ``highlights``), ``xsum`` (``document`` / ``summary``),
 ``billsum`` (``text`` / ``summary``) or local csv/json/parquet; other column names via ``source_column`` /
 ``target_column``.
@@ -22,9 +25,11 @@ import datasets
 from .common import notify
 from .debian import descriptions
 from .dedup import near_duplicate_groups
+from .manpages import VERSION as MANPAGES_VERSION
+from .manpages import manpage_summaries
 from .pairs import PairColumns, build_pairs
 
-OFFLINE = ("debian_descriptions",)
+OFFLINE = ("debian_descriptions", "manpages")
 SOURCE_COLUMNS = ("source", "document", "article", "text", "dialogue", "content")
 TARGET_COLUMNS = ("target", "summary", "highlights", "abstract", "headline", "title")
 
@@ -46,7 +51,8 @@ def build_summarization(
         source=(source_column,) if source_column else SOURCE_COLUMNS,
         target=(target_column,) if target_column else TARGET_COLUMNS,
     )
-    offline = {"debian_descriptions": ("summarization_debian_descriptions", _debian_summaries)}
+    offline = {"debian_descriptions": ("summarization_debian_descriptions", _debian_summaries),
+               "manpages": (f"summarization_manpages_v{MANPAGES_VERSION}", manpage_summaries)}
     return build_pairs(source, columns=columns, offline=offline, seed=seed, validation_size=validation_size,
                        test_size=test_size)
 
