@@ -28,6 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ._registry import check_name
 from .config import SparseConfig
+from .decoding import take_layer, windowed_attention
 from .kernels import AttentionCall, reference_attention, run_attention
 from .patterns import Dense, MaskContext
 
@@ -52,6 +53,7 @@ class ModuleSparseState:
         calls: number of sparse calls served.
         last_block_density: for a data-dependent pattern (``topk_blocks``, ``learned_gate``), the fraction of
             key blocks its most recent call kept (mean over batch and heads); ``None`` for fixed patterns.
+        cache_layer: the window KV cache layer (:mod:`hf_sparse.decoding`) whose keys the next call receives.
     """
 
     config: SparseConfig
@@ -61,6 +63,7 @@ class ModuleSparseState:
     last_backend: str | None = None
     calls: int = field(default=0)
     last_block_density: float | None = None
+    cache_layer: Any = field(default=None, repr=False, compare=False)
 
 
 def get_state(module: torch.nn.Module) -> ModuleSparseState | None:
@@ -267,7 +270,13 @@ def sparse_attention_forward(
         attention_mask=attention_mask, scale=scaling, dropout_p=float(dropout), position_bias=position_bias,
         need_weights=bool(kwargs.get("output_attentions", False)), block_size=state.config.kernel_block_size,
     )
-    out, weights, used = run_attention(call, state.config.backend)
+    layer = take_layer(state, key)
+    if layer is not None and layer.evicted:
+        out, weights, used = windowed_attention(layer, call)
+    else:
+        out, weights, used = run_attention(call, state.config.backend)
+    if layer is not None:
+        layer.evict(call.row_offsets)
     state.last_backend = used
     state.calls += 1
     if call.pattern.dynamic:

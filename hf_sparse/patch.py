@@ -11,6 +11,7 @@ before, and (3) records the settings in ``model.config.hf_sparse`` so ``save_pre
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from transformers import PreTrainedConfig
 from . import integration
 from ._version import __version__
 from .config import SparseConfig
+from .decoding import cache_hook
 from .integration import (
     IMPLEMENTATION_NAME,
     SAVED_KEY,
@@ -43,6 +45,7 @@ from .positions import plan_extension
 
 _ORIGINALS_ATTR = "_hf_sparse_original_attn"
 _HOOK_ATTR = "_hf_sparse_switch_hook"
+_CACHE_HOOK_ATTR = "_hf_sparse_cache_hook"
 #: Written next to the settings so that config.json names the implementation and Transformers loads the
 #: checkpoint with it (``PreTrainedConfig`` reads an ``attn_implementation`` key back; it never writes one).
 _IMPLEMENTATION_KEY = "attn_implementation"
@@ -208,6 +211,8 @@ def _switch_implementation(model: torch.nn.Module) -> None:
         setattr(model, _ORIGINALS_ATTR, [(cfg, default if name == IMPLEMENTATION_NAME else name)
                                          for cfg, name in implementation_snapshot(model)])
         setattr(model, _HOOK_ATTR, model.register_forward_pre_hook(_notice_switch))
+        setattr(model, _CACHE_HOOK_ATTR, model.register_forward_pre_hook(
+            functools.partial(cache_hook, states=iter_states), with_kwargs=True))
     model.set_attn_implementation(IMPLEMENTATION_NAME)
     for cfg in attention_configs(model):
         settle(cfg)
@@ -226,8 +231,8 @@ def _switch_implementation(model: torch.nn.Module) -> None:
 def _restore_implementation(model: torch.nn.Module, *, restore: bool = True) -> None:
     if restore:
         restore_implementation(getattr(model, _ORIGINALS_ATTR, []))
-    for attr in (_ORIGINALS_ATTR, _HOOK_ATTR):
-        if attr == _HOOK_ATTR and hasattr(model, attr):
+    for attr in (_ORIGINALS_ATTR, _HOOK_ATTR, _CACHE_HOOK_ATTR):
+        if attr != _ORIGINALS_ATTR and hasattr(model, attr):
             getattr(model, attr).remove()
         if hasattr(model, attr):
             delattr(model, attr)
