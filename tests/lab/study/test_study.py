@@ -289,3 +289,20 @@ def test_too_sparse_when_every_setting_falls_below_dense():
     mixed = [row("d", "", 1.0, 0.32), row("w", "window=4", 0.3, 0.31), row("w", "window=1", 0.05, 0.33)]
     assert too_sparse(mixed, 0.01)[0] == ("w: no clear point: window=4 fall more than 1% below dense but the sparser "
                                           "window=1 do not (noise at this budget)")
+
+
+def test_study_dir_placeholder_names_the_study_folder(tmp_path):
+    """"{study_dir}" in an entry's prepare and overrides becomes the study's folder, so a study can train what its
+    runs start from inside itself; other strings are left alone."""
+    data = _micro(tmp_path / "study")
+    local = data["entries"]["image-local"]
+    local["prepare"] = {"command": "python make.py --out {study_dir}/stage0", "creates": "{study_dir}/stage0/model"}
+    local["overrides"] = {"model.name_or_path": "{study_dir}/stage0/model", "run_name": "keep {this}"}
+    study = StudyConfig.from_dict(data)
+    run = next(r for r in expand(study) if r.entry == "image-local")
+    root = str(tmp_path / "study")
+    assert run.prepare.command == f"python make.py --out {root}/stage0"
+    assert run.prepare.creates == f"{root}/stage0/model"
+    assert run.overrides["model"]["name_or_path"] == f"{root}/stage0/model"
+    assert run.overrides["run_name"] == "keep {this}"
+    assert study.entries["image-local"].prepare.creates == "{study_dir}/stage0/model"  # the config itself is unchanged

@@ -53,7 +53,7 @@ def _metrics(name: str) -> dict:
     accuracy, n, train, evaluate, pattern, length = FAKE[name]
     backends = {} if pattern == "dense" else {"layer.0": "blocksparse"}
     return {"run_name": name, "status": "ok", "primary_metric": "accuracy", "test": {"accuracy": accuracy},
-            "data": {"test": n}, "sparse": {"pattern": pattern, "token_density": 1.0 if pattern == "dense" else 0.1,
+            "data": {"train": 48, "test": n}, "sparse": {"pattern": pattern, "token_density": 1.0 if pattern == "dense" else 0.1,
                                              "eval_length": length, "backends": backends},
             "speed": {"train_samples_per_s": train, "eval_samples_per_s": evaluate, "peak_memory_mb": 900.0,
                       "peak_memory_kind": "ru_maxrss (process peak RSS)"}}
@@ -175,7 +175,7 @@ def test_speedups_divide_by_the_faster_dense_row_and_the_truncated_row(tmp_path)
     report = (tmp_path / "study/report.md").read_text()
     sentiment, image_part = report.split("## image")
     assert "| train vs truncated | eval vs truncated |" in sentiment and "vs truncated |" not in image_part
-    assert "| long-window-window32 | sparse | ok (cached) | 0.6400 ± 0.048 | 0.100 | 2250 | 30.0 | 60.0 | 1.50x | 1.50x | " \
+    assert "| long-window-window32 | sparse | ok (cached) | 0.6400 ± 0.048 | 48 | 100 | 0.100 | 2250 | 30.0 | 60.0 | 1.50x | 1.50x | " \
            "0.60x | 0.60x | 900.0 | blocksparse |" in sentiment
     assert ("Speed-ups divide by the faster full-length dense run (train: long-nodrop (20.0/s); eval: long-dense "
             "(40.0/s)); the \"vs truncated\" columns by long-512 (dense attention on truncated inputs at 512 tokens)."
