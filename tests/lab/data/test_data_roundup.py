@@ -41,6 +41,20 @@ def test_review_pools_are_disjoint_across_splits(docs):
         assert texts <= {r.text for r in pools[split]}
 
 
+def test_single_reviews_follow_their_documents_split(docs):
+    """offline:rt_roundup_reviews: each split holds exactly its documents' review pool, with each review's own
+    label, so a model fine-tuned on its train split has never seen a review of a validation or test document."""
+    reviews = build_sentiment("offline:rt_roundup_reviews", seed=0)
+    assert source_of(reviews) == "offline:rt_roundup_reviews"
+    assert reviews["train"].features["label"].names == ["rotten", "fresh"]
+    pools = roundup.review_pools(roundup.load_reviews(), seed=0)
+    for split, ds in reviews.items():
+        assert sorted(zip(ds["text"], ds["label"], strict=True)) == sorted((r.text, int(r.fresh)) for r in pools[split])
+    used_elsewhere = {r for split in ("validation", "test") for text in docs[split]["text"]
+                      for r in roundup.split_reviews(text)}
+    assert not set(reviews["train"]["text"]) & used_elsewhere
+
+
 def test_label_is_the_tomatometer_rule_outside_the_band(docs):
     fresh = {r.text: r.fresh for r in roundup.load_reviews()}
     for ds in docs.values():
