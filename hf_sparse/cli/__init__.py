@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "draw-patterns": ("hf_sparse.lab.draw_patterns", "draw every built-in pattern to PNGs"),
     "bench-model": ("hf_sparse.bench.model", "whole-model speed and memory, dense vs sparse"),
     "bench-kernels": ("hf_sparse.bench.kernels", "attention kernels against dense SDPA"),
+    "bench-generate": ("hf_sparse.bench.generate", "generation speed and KV-cache size, dense vs window cache"),
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from hf_sparse import cli
+from hf_sparse.bench.generate import GenerateBenchConfig
 from hf_sparse.bench.kernels import KernelBenchConfig
 from hf_sparse.bench.model import BenchConfig
 from hf_sparse.cli.settings import ConfigError, build_dataclass, load_settings, parse_command, to_yaml
@@ -27,6 +28,7 @@ COMMANDS = {
     "study": (StudyConfig, "configs/study/default.yaml"),
     "bench-model": (BenchConfig, "configs/bench/bert_long.yaml"),
     "bench-kernels": (KernelBenchConfig, None),
+    "bench-generate": (GenerateBenchConfig, None),
     "analyze": (AnalyzeConfig, "configs/analysis/minilm_rt.yaml"),
     "train-gate": (GateTrainConfig, "configs/analysis/gate_minilm_rt.yaml"),
 }
