@@ -222,7 +222,7 @@ def _window_modules(model: torch.nn.Module, states: StatesFn) -> dict[int, tuple
     return found
 
 
-def cache_hook(model: torch.nn.Module, args: tuple, kwargs: dict, *, states: StatesFn
+def cache_hook(model: torch.nn.Module, args: tuple, kwargs: dict | None = None, *, states: StatesFn
                ) -> tuple[tuple, dict] | None:
     """Forward pre-hook of a patched model (``functools.partial`` with ``states``: ``model -> (name, module
     state)`` of its patched modules): a forward that caches gets window layers for its window modules.
@@ -230,9 +230,10 @@ def cache_hook(model: torch.nn.Module, args: tuple, kwargs: dict, *, states: Sta
     The cache passed in (``generate`` passes its own) is converted while it is still empty; without one, a
     forward that will cache (``use_cache``, else ``config.use_cache``; not in training) gets a new
     ``DynamicCache`` with them. A non-empty cache, a :class:`FullCache`, an encoder-decoder model, or a cache
-    passed positionally is left alone (full cache)."""
+    passed positionally is left alone (full cache). Called without ``kwargs`` (PyTorch does that when the hook
+    was removed during this very call, e.g. by the switch hook unpatching the model) it does nothing."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False) or len(args) > 1:
+    if kwargs is None or config is None or getattr(config, "is_encoder_decoder", False) or len(args) > 1:
         return None
     name = next((n for n in _CACHE_KWARGS if kwargs.get(n) is not None), None)
     if name is None:

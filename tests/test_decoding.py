@@ -170,3 +170,14 @@ def test_a_window_cache_that_dropped_keys_cannot_be_cropped():
         cache = model(ids, use_cache=True).cache
     with pytest.raises(ValueError, match="cannot be cropped.*FullCache"):
         cache.crop(-2)
+
+
+def test_switching_the_implementation_during_a_cached_forward():
+    """The switch hook unpatches the model inside the call, which removes the cache hook mid-call (PyTorch then
+    calls it without kwargs): the forward runs dense with a plain cache, with the usual warning."""
+    model = hf_sparse.patch_model(_model(), "sliding_window", window=4)
+    model.set_attn_implementation("sdpa")
+    ids, _ = _prompt(1)
+    with pytest.warns(UserWarning, match="was unpatched"), torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+    assert type(cache.layers[0]) is DynamicLayer and not hf_sparse.patched_modules(model)
