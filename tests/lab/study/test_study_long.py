@@ -260,7 +260,7 @@ def test_failed_runs_are_recorded_with_their_reason_and_the_study_goes_on(tmp_pa
 # -- the shipped study configs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, count", [("default", 12), ("quick", 5)])
+@pytest.mark.parametrize("name, count", [("default", 11), ("quick", 5)])
 def test_default_and_quick_configs_expand_and_validate(name, count, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     before = sorted(p.name for p in (ROOT / "results").iterdir())
@@ -283,5 +283,9 @@ def test_default_and_quick_configs_expand_and_validate(name, count, capsys, monk
     if name == "default":
         by_name = {r.name: r for r in runs}
         assert by_name["sentiment-long-dense-nodrop"].overrides["model"]["config"]["attention_probs_dropout_prob"] == 0
-        assert [r.sweep["sparse.options.window"] for r in runs if r.entry == "sentiment-long-window"] == [32, 128, 512]
-        assert {"sentiment-long-bigbird", "sentiment-long-topk-blocks", "image-local-2d-window4"} <= set(by_name)
+        assert [r.sweep["sparse.options.window"] for r in runs if r.entry == "sentiment-long-window"] == [8, 32, 128]
+        assert {"sentiment-long-bigbird", "sentiment-long-topk-blocks", "image-local-2d-window3"} <= set(by_name)
+        # every sentiment run starts from the stage-0 model that the study's own prepare step trains in its folder
+        stage0 = {r.prepare.creates for r in runs if r.task == "sentiment"}
+        assert len(stage0) == 1 and Path(next(iter(stage0))).parent.parent.parent == study.root
+        assert {c["model"]["name_or_path"] for c in sentiment} == stage0
