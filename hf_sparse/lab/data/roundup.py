@@ -141,7 +141,7 @@ def build_roundup(
         raise ValueError(f"shares must be a range within [0, 1] and band in [0, 0.5), got shares={shares}, band={band}")
     settings = {"v": _VERSION, "seed": seed, "sizes": sizes, "reviews": [lo, hi], "shares": list(shares),
                 "band": band, "pool_shares": {**POOL_SHARES, **(pool_shares or {})}}
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    digest = _digest(settings)
 
     def build() -> datasets.DatasetDict:
         pools = review_pools(load_reviews(), seed, pool_shares)
@@ -160,7 +160,7 @@ def build_roundup_reviews(seed: int = 0, pool_shares: dict[str, float] | None = 
     ``fresh``). Fine-tuning on ``train`` first (short inputs, cheap) teaches review sentiment without any
     review or movie of the test documents."""
     settings = {"v": _VERSION, "seed": seed, "pool_shares": {**POOL_SHARES, **(pool_shares or {})}}
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    digest = _digest(settings)
     features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=list(LABELS)))
 
     def build() -> datasets.DatasetDict:
@@ -172,6 +172,11 @@ def build_roundup_reviews(seed: int = 0, pool_shares: dict[str, float] | None = 
         })
 
     return tag_source(cached(f"rt_roundup_reviews_seed{seed}_{digest}", build), REVIEWS_SOURCE)
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    """A short stable name for a construction's settings (part of its cache folder name)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _documents(
