@@ -31,6 +31,30 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / union if union else 0.0
 
 
+class Groups:
+    """Items ``0 .. n-1`` merged into groups (union-find): :meth:`union` joins two items' groups, :meth:`ids`
+    gives a group id per item, counting from 0 in order of first appearance."""
+
+    def __init__(self, n: int) -> None:
+        self._parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self._parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self._parent[max(a, b)] = min(a, b)
+
+    def ids(self) -> list[int]:
+        roots: dict[int, int] = {}
+        return [roots.setdefault(self.find(i), len(roots)) for i in range(len(self._parent))]
+
+
 def near_duplicate_groups(
     texts: Sequence[str], *, threshold: float = 0.7, num_perm: int = 128, shingle: int = 3, seed: int = 1
 ) -> list[int]:
@@ -41,18 +65,8 @@ def near_duplicate_groups(
     candidate pair is confirmed with the exact Jaccard similarity of the two shingle sets."""
     from datasketch import MinHash, MinHashLSH
 
-    parent = list(range(len(texts)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        a, b = find(i), find(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
+    sets_of = Groups(len(texts))
+    union = sets_of.union
 
     exact: dict[str, int] = {}
     unique: list[int] = []
@@ -71,8 +85,7 @@ def near_duplicate_groups(
             if jaccard(sets[i], sets[j]) >= threshold:
                 union(i, j)
         lsh.insert(i, minhash, check_duplication=False)
-    roots: dict[int, int] = {}
-    return [roots.setdefault(find(i), len(roots)) for i in range(len(texts))]
+    return sets_of.ids()
 
 
 def group_split(

@@ -41,7 +41,7 @@ from pathlib import Path
 import datasets
 
 from .common import DataSourceError, data_dir, notify, unpack_debian
-from .dedup import near_duplicate_groups
+from .dedup import Groups, near_duplicate_groups
 
 SOURCE = "offline:manpages"
 #: Debian packages (all in ``main``) whose manual pages are used, in order of priority for duplicates.
@@ -264,26 +264,15 @@ def target_key(description: str) -> str:
 def page_groups(pages: list[Page], near_duplicates: bool = True) -> list[int]:
     """A group id per page (ids count from 0 in order of first appearance): pages sharing a name, a target
     (:func:`target_key`) or, with ``near_duplicates``, a near-duplicate source are one group."""
-    parent = list(range(len(pages)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    groups = Groups(len(pages))
     owner: dict[tuple[str, str], int] = {}
     keys = [[("name", n) for n in p.names] + [("target", target_key(p.description))] for p in pages]
     if near_duplicates and pages:
         keys = [k + [("near", str(g))] for k, g in zip(keys, near_duplicate_groups([p.text for p in pages]), strict=True)]
     for i, page_keys in enumerate(keys):
         for key in page_keys:
-            j = owner.setdefault(key, i)
-            a, b = find(i), find(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    roots: dict[int, int] = {}
-    return [roots.setdefault(find(i), len(roots)) for i in range(len(pages))]
+            groups.union(i, owner.setdefault(key, i))
+    return groups.ids()
 
 
 def manpage_summaries() -> datasets.Dataset:
