@@ -141,21 +141,27 @@ def _lead(tiles: torch.Tensor) -> torch.Tensor:
     return tiles[None, None] if tiles.dim() == 3 else tiles
 
 
-def _flat4(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
-    """``[b, h, nr, r, K*bs]`` mask/bias -> 4-D ``[1 or B*H, nr, r, K*bs]`` as the fused CPU kernel needs."""
+def _flat4(x: torch.Tensor, batch: int, heads: int, per_batch: bool = False) -> torch.Tensor:
+    """``[b, h, nr, r, K*bs]`` mask/bias -> 4-D ``[1 or B*H, nr, r, K*bs]`` as the fused CPU kernel needs;
+    ``per_batch=True`` keeps a mask shared by the heads as ``[B, nr, r, K*bs]`` (bands, which take one batch row
+    at a time: no copy per head)."""
     if x.shape[0] == 1 and x.shape[1] == 1:
         return x[0]
+    if per_batch and x.shape[1] == 1:
+        return x.expand(batch, *x.shape[1:])[:, 0]
     return x.expand(batch, heads, *x.shape[2:]).reshape(batch * heads, *x.shape[2:])
 
 
 def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, batch: int, heads: int,
-                fused: bool = False):
+                fused: bool = False, per_batch: bool = False):
     """``(attn_mask 4-D or None, rows to zero or None)`` for one group: pattern tiles, model mask, bias. The mask
     is boolean (``True`` = allowed; for the pattern alone of a gathered group a view of the plan's tensor, shared
     by every layer) or, with a bias, additive in the query's dtype. ``fused=True`` (PyTorch's fused CPU kernel,
     which takes additive masks) and the pattern alone: a gathered group's mask comes as the plan's cached additive
     copy (:meth:`~hf_sparse.kernels.plan.PlanGroup.additive_tile_mask`), a band's or shared window's as its
-    :class:`~hf_sparse.kernels.plan.TileMaskRecipe`, which the kernel builds when it runs the group."""
+    :class:`~hf_sparse.kernels.plan.TileMaskRecipe`, which the kernel builds when it runs the group.
+    ``per_batch=True`` (a band run by :mod:`~hf_sparse.kernels.cpu_band`) keeps a model mask shared by the heads
+    as ``[B, nr, r, K*bs]`` (see :func:`_flat4`)."""
     q_len, bs, nr = call.ctx.q_len, plan.block_size, group.rows.numel()
     model_allowed, bias = _model_tiles(call, plan, group)
     empty = group.empty_rows
@@ -178,9 +184,9 @@ def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, ba
         if allowed is not None:
             attn_mask = torch.where(allowed, attn_mask, torch.tensor(float("-inf"), dtype=call.query.dtype))
     if attn_mask is not None:
-        attn_mask = _flat4(attn_mask, batch, heads)
+        attn_mask = _flat4(attn_mask, batch, heads, per_batch)
     if empty is not None and empty.dim() > 3:
-        empty = _flat4(empty, batch, heads)
+        empty = _flat4(empty, batch, heads, per_batch)
     return attn_mask, empty
 
 
@@ -215,7 +221,8 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
             band = group.band if unit_stride else None
             index = None if band is not None else (base + group.gather_indices(nk)).reshape(-1)
             works.append(cpu_work.GroupWork(group.rows, group.slots, index,
-                                            *_group_mask(call, plan, group, batch, heads, fused=True),
+                                            *_group_mask(call, plan, group, batch, heads, fused=True,
+                                                         per_batch=band is not None),
                                             band=band, band_step=group.band_step))
         args = (query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
         if call.needs_grad:

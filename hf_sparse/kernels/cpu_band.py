@@ -40,7 +40,8 @@ BAND_QUERIES = 256
 class _BandPiece:
     """``count`` merged rows of ``merge`` band rows each, of batch row ``b``: query blocks ``row0 ..
     row0 + count*merge - 1`` (the band's positions ``pos``); merged row ``i`` reads the :meth:`slots`
-    key blocks from ``first + i*merge*step`` (``step`` = the band's :attr:`GroupWork.band_step`)."""
+    key blocks from ``first + i*merge*step`` (``step`` = the band's :attr:`GroupWork.band_step`). ``run`` is the
+    first position of the run of rows sharing the piece's mask (see :func:`_mask_runs`)."""
 
     b: int
     pos: slice
@@ -49,6 +50,7 @@ class _BandPiece:
     count: int
     merge: int
     step: int = 1
+    run: int = 0
 
     def slots(self, width: int) -> int:
         """Key blocks one merged row reads: the band's ``K`` plus the window's moves over the merged rows."""
@@ -64,51 +66,71 @@ class _BandPiece:
         return slice(self.row0 * bs, (self.row0 + self.count * self.merge) * bs)
 
 
+def _mask_runs(work: GroupWork, b: int, batch: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` positions of the sliding band's runs of consecutive rows with one mask in batch row
+    ``b``: the whole band when its rows share one tile mask; with a model mask (e.g. padding) the rows whose
+    tiles it leaves alone form one run and the rows it touches split off."""
+    nr, mask = work.rows.numel(), work.tile_mask()
+    if mask is None or mask.stride(1) == 0 or nr == 1:
+        return [(0, nr)]
+    rows = _per_batch(mask, b, batch, slice(None))                        # [nr, 1 or H, bs or 1, K*bs]
+    breaks = torch.nonzero(~(rows[1:] == rows[:-1]).flatten(1).all(1)).view(-1).add(1).tolist()
+    return list(zip([0, *breaks], [*breaks, nr], strict=True))
+
+
 def _band_pieces(work: GroupWork, batch: int, heads: int, bs: int, block_bytes: int, backward: bool):
-    """The band's calls: sliding rows merged :data:`BAND_QUERIES` queries at a time when they share one mask
-    (the leftover rows, and bands whose rows' masks differ, e.g. with padding, go one row per query row); a
-    shared window's rows all merged into one query row (merging adds no pairs there) unless some rows must be
-    zeroed; backward pieces keep the key/value gradients under :data:`CHUNK_BYTES`."""
+    """The band's calls: each run of sliding rows with one mask (:func:`_mask_runs`) merged
+    :data:`BAND_QUERIES` queries at a time (its leftover rows one row per query row); a shared window's rows
+    all merged into one query row (merging adds no pairs there); backward pieces keep the key/value gradients
+    under :data:`CHUNK_BYTES`."""
     nr, width, move = work.rows.numel(), work.slots, work.band_step
-    if move == 0:
-        merge = nr if work.empty is None else 1
-    else:
-        mask = work.tile_mask()
-        one_mask = work.empty is None and (mask is None or mask.stride(1) == 0)
-        merge = max(1, BAND_QUERIES // bs) if one_mask else 1
     row0 = int(work.rows[0])
     for b in range(batch):
-        start = 0
-        for f, stop in ((merge, nr - nr % merge), (1, nr)):
-            per_call = 2 * (width + (f - 1) * move) * heads * block_bytes
-            step = max(1, CHUNK_BYTES // per_call) * f if backward else stop - start
-            for lo in range(start, stop, max(step, 1)):
-                hi = min(lo + step, stop)
-                yield _BandPiece(b, slice(lo, hi), row0 + lo, work.band + lo * move, (hi - lo) // f, f, move)
-            start = stop
+        runs = [(0, nr)] if move == 0 else _mask_runs(work, b, batch)
+        merge = nr if move == 0 else max(1, BAND_QUERIES // bs)
+        for run, end in runs:
+            start = run
+            for f, stop in ((merge, end - (end - run) % merge), (1, end)):
+                per_call = 2 * (width + (f - 1) * move) * heads * block_bytes
+                step = max(1, CHUNK_BYTES // per_call) * f if backward else stop - start
+                for lo in range(start, stop, max(step, 1)):
+                    hi = min(lo + step, stop)
+                    yield _BandPiece(b, slice(lo, hi), row0 + lo, work.band + lo * move, (hi - lo) // f, f, move, run)
+                start = stop
 
 
-def _per_batch(x: torch.Tensor | None, b: int, heads: int, part: slice) -> torch.Tensor | None:
-    """A ``[1 or B*H, nr, ...]`` mask/flag as the band kernel's ``[rows, 1 or H, ...]`` (a view)."""
+def _per_batch(x: torch.Tensor | None, b: int, batch: int, part: slice) -> torch.Tensor | None:
+    """A ``[1, B or B*H, nr, ...]`` mask/flag (one for all batch rows, one per batch row shared by the heads, or
+    one per batch row and head) as the band kernel's ``[rows, 1 or H, ...]`` for batch row ``b`` (a view)."""
     if x is None:
         return None
-    x = x if x.shape[0] == 1 else x[b * heads:(b + 1) * heads]
+    if x.shape[0] > 1:
+        per = x.shape[0] // batch
+        x = x[b * per:(b + 1) * per]
     return x[:, part].transpose(0, 1)
 
 
-def _band_mask(work: GroupWork, piece: _BandPiece, heads: int, bs: int, like: torch.Tensor) -> torch.Tensor | None:
+def _merged(x: torch.Tensor | None, count: int, bs: int) -> torch.Tensor | None:
+    """Per-row ``[rows, 1 or H, bs or 1, ...]`` as ``count`` merged rows ``[count, 1 or H, rows/count*bs, ...]``."""
+    if x is None:
+        return None
+    x = x.expand(-1, -1, bs, -1)
+    return x.transpose(0, 1).reshape(x.shape[1], count, -1, x.shape[-1]).transpose(0, 1)
+
+
+def _band_mask(work: GroupWork, piece: _BandPiece, batch: int, bs: int, like: torch.Tensor) -> torch.Tensor | None:
     """The additive mask of a band piece, ``[count, 1 or H, merge*bs, (K + (merge - 1)*step)*bs]``: for
-    merged rows of a sliding band each original row's ``K``-block mask at its own offset and ``-inf``
-    elsewhere (built once per batch row and pass, see :meth:`GroupWork.release`), for a shared window the rows'
-    own masks stacked; additive in ``like``'s dtype, ``None`` when nothing is masked."""
+    merged rows of a sliding band each original row's ``K``-block mask (one per run, :func:`_mask_runs`) at its
+    own offset and ``-inf`` elsewhere (built once per batch row, run and pass, see :meth:`GroupWork.release`),
+    for a shared window the rows' own masks stacked; additive in ``like``'s dtype, ``None`` when nothing is
+    masked."""
     mask = work.tile_mask()
-    one = _per_batch(mask, piece.b, heads, piece.pos)
+    one = _per_batch(mask, piece.b, batch, piece.pos)
     if piece.merge == 1 or (one is None and work.band_step == 0):
         return additive(one, like.dtype)
     if work.band_step == 0:  # [rows, 1 or H, bs, K*bs] -> [count, 1 or H, merge*bs, K*bs]
-        stacked = one.transpose(0, 1).reshape(one.shape[1], piece.count, -1, one.shape[-1]).transpose(0, 1)
-        return additive(stacked, like.dtype)
-    key = (piece.b if mask is not None and mask.shape[0] > 1 else 0, piece.merge)
+        return additive(_merged(one, piece.count, bs), like.dtype)
+    key = (piece.b if mask is not None and mask.shape[0] > 1 else 0, piece.run, piece.merge)
 
     def build() -> torch.Tensor:
         width = work.slots
@@ -120,6 +142,11 @@ def _band_mask(work: GroupWork, piece: _BandPiece, heads: int, bs: int, like: to
         return merged
 
     return work.cached(key, build).expand(piece.count, -1, -1, -1)
+
+
+def _piece_empty(work: GroupWork, piece: _BandPiece, batch: int, bs: int) -> torch.Tensor | None:
+    """The piece's rows to zero as ``[count, 1 or H, merge*bs, 1]`` bool, or ``None``."""
+    return _merged(_per_batch(work.empty, piece.b, batch, piece.pos), piece.count, bs)
 
 
 def band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out, lse, block_bytes: int) -> None:
@@ -134,8 +161,8 @@ def band_forward(query, k_blocks, v_blocks, work: GroupWork, scale, bs: int, out
     for piece in _band_pieces(work, batch, heads, bs, block_bytes, backward=False):
         b, count, rows = piece.b, piece.count, piece.count * piece.merge
         o, l_part = FLASH(piece.queries(query, bs), piece.keys(keys, width, bs), piece.keys(values, width, bs), 0.0,
-                         False, attn_mask=_band_mask(work, piece, heads, bs, query), scale=scale)
-        empty = _per_batch(work.empty, b, heads, piece.pos)  # only unmerged pieces have empty rows
+                         False, attn_mask=_band_mask(work, piece, batch, bs, query), scale=scale)
+        empty = _piece_empty(work, piece, batch, bs)
         if empty is not None:
             o = o.masked_fill(empty, 0.0)
         out[b, piece.tokens(bs)].view(count, -1, heads, o.shape[-1]).copy_(o.transpose(1, 2))
@@ -163,23 +190,23 @@ def _band_matmul(query, keys, values, work: GroupWork, scale, bs: int, out) -> N
             q_at, k_at = (row0 + i) * bs, (first + i) * bs
             q = query[b, :, q_at:q_at + bs]
             k, v = keys[b, :, k_at:k_at + span], values[b, :, k_at:k_at + span]
-            mask = _row_mask(work, b, i, heads, query.dtype)
+            mask = _row_mask(work, b, i, batch, query.dtype)
             scores = (torch.bmm(q, k.transpose(1, 2)).mul_(scale) if mask is None
                       else torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale))
             o = torch.bmm(scores.softmax(-1), v)
-            empty = _per_batch(work.empty, b, heads, slice(i, i + 1))
+            empty = _per_batch(work.empty, b, batch, slice(i, i + 1))
             if empty is not None:
                 o = o.masked_fill(empty[0], 0.0)
             out[b, q_at:q_at + bs].copy_(o.transpose(0, 1))
 
 
-def _row_mask(work: GroupWork, b: int, i: int, heads: int, dtype: torch.dtype) -> torch.Tensor | None:
+def _row_mask(work: GroupWork, b: int, i: int, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
     """Additive mask ``[1 or H, bs, K*bs]`` of the band's row ``i`` in batch row ``b`` (or ``None``); the one tile
     mask of a band without model masks is converted once per pass."""
     mask = work.tile_mask()
     if mask is not None and mask.shape[0] == 1 and mask.stride(1) == 0:
         return work.cached("row", lambda: additive(mask[:, 0], dtype))
-    row = _per_batch(mask, b, heads, slice(i, i + 1))
+    row = _per_batch(mask, b, batch, slice(i, i + 1))
     return None if row is None else additive(row[0], dtype)
 
 
@@ -195,14 +222,14 @@ def band_backward(ctx, query, k_blocks, v_blocks, work: GroupWork, grad_out, out
     for piece in _band_pieces(work, batch, heads, bs, block_bytes, backward=True):
         b, count, rows, tokens = piece.b, piece.count, piece.count * piece.merge, piece.tokens(bs)
         g = grad_out[b, tokens].view(count, -1, heads, grad_out.shape[-1]).transpose(1, 2)
-        empty = _per_batch(work.empty, b, heads, piece.pos)
+        empty = _piece_empty(work, piece, batch, bs)
         if empty is not None:
             g = g.masked_fill(empty, 0.0)
         grad_q_part, grad_k, grad_v = FLASH_BACKWARD(
             g, piece.queries(query, bs), piece.keys(keys, width, bs), piece.keys(values, width, bs),
             out[b, tokens].view(count, -1, heads, out.shape[-1]).transpose(1, 2),
             lse[b * heads:(b + 1) * heads, piece.row0:piece.row0 + rows].reshape(heads, count, -1).transpose(0, 1),
-            0.0, False, attn_mask=_band_mask(work, piece, heads, bs, query), scale=ctx.scale,
+            0.0, False, attn_mask=_band_mask(work, piece, batch, bs, query), scale=ctx.scale,
         )
         grad_q[b, :, tokens] = grad_q_part.transpose(0, 1).reshape(heads, rows * bs, -1)
         slots = piece.slots(width)

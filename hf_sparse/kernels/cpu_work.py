@@ -44,12 +44,13 @@ class GroupWork:
         index: ``[B*H*nr*K]`` flat key-block ids ``(b * H + h) * nk + block``, row-major over ``[B*H, nr, K]``, for
             gathered groups; ``None`` for bands, which read their keys as views (training keeps the works until
             backward: a band's table would be held per layer for nothing).
-        mask: ``[1 or B*H, nr, bs, K*bs]`` mask, boolean (``True`` = allowed) or additive in the query dtype, or
+        mask: ``[1 or B*H, nr, bs, K*bs]`` mask (bands may also take ``[B, nr, bs or 1, K*bs]``, one per batch
+            row for all heads), boolean (``True`` = allowed) or additive in the query dtype, or
             the :class:`~hf_sparse.kernels.plan.TileMaskRecipe` of a band's or shared window's boolean mask (built
             when the group runs, see :meth:`tile_mask`), or ``None``. Boolean masks become additive (what
             PyTorch's fused kernel takes) only for the call at hand (:func:`additive`), so no float copy of a
             plan's masks outlives it.
-        empty: ``[1 or B*H, nr, bs, 1]`` bool, rows whose output is zero, or ``None``.
+        empty: ``[1 or B*H, nr, bs, 1]`` bool (bands: or ``[B, ...]``), rows whose output is zero, or ``None``.
         band: the group's first key block if it is a band (:attr:`~hf_sparse.kernels.plan.PlanGroup.band`):
             its keys and values are read as overlapping strided views, without gathering.
         band_step: key blocks the band's window moves per row (:attr:`~hf_sparse.kernels.plan.PlanGroup.band_step`):

@@ -122,11 +122,12 @@ def test_auto_keeps_short_inputs_on_masked_sdpa(length, expected):
     assert choose_backend(call, "auto") == expected
 
 
-@pytest.mark.parametrize("padded", [False, True])
-def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatch):
+@pytest.mark.parametrize("pad_from, alone", [(None, set()), (700, {9, 10, 11, 12}), (300, {2, 3, 4, 5, 6})])
+def test_blocksparse_band_rows_read_views_and_equal_reference(pad_from, alone, monkeypatch):
     """Sliding-window rows (the interior band and the shared windows at either end) are read as strided views,
     not gathered; forward and gradients still equal the reference (batch 2, grouped-query heads, padding, a
-    partial last block, which alone is gathered)."""
+    partial last block, which alone is gathered). Padding from key 300 leaves band rows 7-12 of the padded
+    batch row with nothing to attend (zeroed, and merged all the same)."""
     from hf_sparse.kernels import AttentionCall, cpu_band, cpu_flash
     from hf_sparse.patterns import MaskContext, make_pattern
 
@@ -137,15 +138,15 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     band_queries = []
     real_pieces = cpu_band._band_pieces
     monkeypatch.setattr(cpu_band, "_band_pieces", lambda *a, **kw: [
-        band_queries.append((p.step, p.merge * 64)) or p for p in real_pieces(*a, **kw)])
+        band_queries.append((p.step, p.merge * 64, p.b, p.row0, p.count)) or p for p in real_pieces(*a, **kw)])
     gen = torch.Generator().manual_seed(3)
     length = 1000
     q = torch.randn(2, 4, length, 32, generator=gen).requires_grad_()
     k, v = (torch.randn(2, 2, length, 32, generator=gen).requires_grad_() for _ in range(2))
     mask = None
-    if padded:
+    if pad_from is not None:
         mask = torch.ones(2, 1, 1, length, dtype=torch.bool)
-        mask[1, ..., 700:] = False
+        mask[1, ..., pad_from:] = False
     call = AttentionCall(q, k, v, make_pattern("sliding_window", window=100), MaskContext.for_length(length),
                          attention_mask=mask, block_size=64)
     out, _ = BACKENDS["blocksparse"].run(call)
@@ -156,12 +157,18 @@ def test_blocksparse_band_rows_read_views_and_equal_reference(padded, monkeypatc
     n_rows = -(-length // 64)
     per_pass = sum(gathered) / 4  # keys and values, forward and backward
     assert per_pass == 1, f"gathered {per_pass} query-block rows of {n_rows} per pass; only the partial last one"
-    # unpadded band rows share one mask: merged BAND_QUERIES (256) queries per call, the leftover rows one by
-    # one; with padding each row's mask differs and rows go one by one
-    sliding = {queries for step, queries in band_queries if step == 1}
-    assert sliding == ({64} if padded else {64, cpu_band.BAND_QUERIES}), band_queries
-    # a shared window's two rows go as one 128-query call, unless padding leaves rows to zero
-    assert {queries for step, queries in band_queries if step == 0} == ({64} if padded else {128}), band_queries
+    # band rows that share one mask are merged BAND_QUERIES (256) queries per call, the leftover rows one by one;
+    # in the padded batch row the rows whose window reaches the padding boundary each have their own mask and go
+    # alone, the other rows are still merged
+    for b in range(2):
+        sliding = {queries for step, queries, row_b, *_ in band_queries if step == 1 and row_b == b}
+        assert sliding == {64, cpu_band.BAND_QUERIES}, band_queries
+    single = {row0 for step, queries, row_b, row0, _ in band_queries if step == 1 and row_b == 1 and queries == 64}
+    assert single >= alone, band_queries
+    if pad_from == 300:  # rows 7-12 (all padding) merged: rows to zero inside a merged call
+        assert (1, cpu_band.BAND_QUERIES, 1, 7, 1) in band_queries, band_queries
+    # a shared window's two rows go as one 128-query call, with or without rows to zero
+    assert {queries for step, queries, *_ in band_queries if step == 0} == {128}, band_queries
 
 
 def test_additive_masks_keep_expanded_dimensions_and_pass_float_masks():
