@@ -1,10 +1,12 @@
 """The study's table: one row per run from its metrics.json, the honesty notes on speed, the Pareto front, the
 "too sparse" point, and the CSV / markdown / console forms.
 
-Speed-ups divide only by runs of the same task in the same study folder: ``*_speedup`` by the faster of the
-task's ``dense`` rows (full-length dense attention; the faster one separately for train and eval),
-``*_speedup_vs_truncated`` by its ``dense_truncated`` row (see hf_sparse.lab.study.grid for roles). The
-committed reference study contributes only its metric (``ref_value``, ``ref_diff``), never a speed."""
+Speed-ups divide only by runs of the same task in the same study folder, measured on the same documents (the
+same ``train_size`` for train speed, ``test_size`` for eval speed): ``*_speedup`` by the faster of the task's
+``dense`` rows (full-length dense attention; the faster one separately for train and eval),
+``*_speedup_vs_truncated`` by its ``dense_truncated`` row (see hf_sparse.lab.study.grid for roles). A dense speed
+row on fewer documents is compared with the others in the note, not in the columns. The committed reference
+study contributes only its metric (``ref_value``, ``ref_diff``), never a speed."""
 
 from __future__ import annotations
 
@@ -64,13 +66,12 @@ def rows(results: list[RunResult], reference: dict[str, dict[str, Any]] | None =
         })
     for task in tasks(out):
         task_rows = [r for r in out if r["task"] == task]
-        truncated = baseline(task_rows, "dense_truncated", "train")
         for kind in ("train", "eval"):
-            dense = baseline(task_rows, "dense", kind)
             for r in task_rows:
-                mine = r[f"{kind}_samples_per_s"]
-                for base, column in ((dense, f"{kind}_speedup"), (truncated, f"{kind}_speedup_vs_truncated")):
-                    if base is not None and base[f"{kind}_samples_per_s"] and mine:
+                mine, docs = r[f"{kind}_samples_per_s"], documents(r, kind)
+                for role, column in (("dense", f"{kind}_speedup"), ("dense_truncated", f"{kind}_speedup_vs_truncated")):
+                    base = baseline(task_rows, role, kind, docs)
+                    if base is not None and mine:
                         r[column] = round(mine / base[f"{kind}_samples_per_s"], 3)
         ok = [r for r in task_rows if r["value"] is not None and r["train_samples_per_s"]]
         for i in pareto_front([(r["train_samples_per_s"], r["value"]) for r in ok]):
@@ -91,27 +92,48 @@ def role_of(r: dict[str, Any]) -> str | None:
     return r.get("role") or ("dense" if r.get("pattern") == "dense" else "sparse")
 
 
-def baseline(task_rows: list[dict[str, Any]], role: str, kind: str) -> dict[str, Any] | None:
-    """The fastest ok row of ``role`` by ``kind`` ("train" | "eval") samples/s, if any has a speed."""
-    rows_ = [r for r in task_rows if r["status"] == "ok" and role_of(r) == role and r[f"{kind}_samples_per_s"]]
+def documents(r: dict[str, Any], kind: str) -> int | None:
+    """How many documents the row's ``kind`` ("train" | "eval") speed was measured on (``None``: not recorded)."""
+    return r.get("train_size" if kind == "train" else "test_size")
+
+
+def baseline(task_rows: list[dict[str, Any]], role: str, kind: str, docs: int | None = None) -> dict[str, Any] | None:
+    """The fastest ok row of ``role`` by ``kind`` ("train" | "eval") samples/s among the rows measured on the same
+    number of documents ``docs`` (rows of a task draw them in one order, so equal counts are the same documents),
+    if any has a speed."""
+    rows_ = [r for r in task_rows if r["status"] == "ok" and role_of(r) == role and r[f"{kind}_samples_per_s"]
+             and documents(r, kind) == docs]
     return max(rows_, key=lambda r: r[f"{kind}_samples_per_s"], default=None)
 
 
 def baseline_note(task_rows: list[dict[str, Any]]) -> str:
-    """Which runs the speed-up columns divide by."""
-    parts = []
+    """Which runs the speed-up columns divide by, and how dense runs on other documents compare."""
+    parts, others = [], []
     for kind in ("train", "eval"):
-        dense = baseline(task_rows, "dense", kind)
-        if dense is not None:
-            parts.append(f"{kind}: {dense['run']} ({dense[f'{kind}_samples_per_s']:.1f}/s)")
+        counts = [documents(r, kind) for r in task_rows if r[f"{kind}_samples_per_s"]]
+        main = max(set(counts), key=counts.count, default=None)  # the documents most runs were measured on
+        dense = baseline(task_rows, "dense", kind, main)
+        if dense is None:
+            continue
+        parts.append(f"{kind}: {dense['run']} ({dense[f'{kind}_samples_per_s']:.1f}/s on {main} documents)")
+        for r in task_rows:
+            if role_of(r) == "dense" and r["status"] == "ok" and r[f"{kind}_samples_per_s"] and \
+                    documents(r, kind) != main:
+                ratio = r[f"{kind}_samples_per_s"] / dense[f"{kind}_samples_per_s"]
+                others.append(f"{r['run']} measured {kind} speed on {documents(r, kind)} other documents: "
+                              f"{ratio:.2f}x {dense['run']}'s samples/s (its own {kind} speed-up divides by itself)")
     if not parts:
         return "No dense full-length run finished, so there are no speed-ups."
-    note = f"Speed-ups divide by the faster full-length dense run ({'; '.join(parts)})"
-    truncated = baseline(task_rows, "dense_truncated", "train")
+    note = f"Speed-ups divide by the faster full-length dense run on the same documents ({'; '.join(parts)})"
+    truncated = baseline(task_rows, "dense_truncated", "train", documents(_first(task_rows, "dense_truncated"), "train"))
     if truncated is not None:
         length = f" at {truncated['eval_length']} tokens" if truncated["eval_length"] else ""
         note += f"; the \"vs truncated\" columns by {truncated['run']} (dense attention on truncated inputs{length})"
-    return note + "."
+    return note + "." + "".join(f" {o}." for o in others)
+
+
+def _first(task_rows: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    return next((r for r in task_rows if role_of(r) == role), {})
 
 
 def tasks(table: list[dict[str, Any]]) -> list[str]:

@@ -306,3 +306,29 @@ def test_study_dir_placeholder_names_the_study_folder(tmp_path):
     assert run.overrides["model"]["name_or_path"] == f"{root}/stage0/model"
     assert run.overrides["run_name"] == "keep {this}"
     assert study.entries["image-local"].prepare.creates == "{study_dir}/stage0/model"  # the config itself is unchanged
+
+
+def test_speedups_divide_by_dense_runs_on_the_same_documents():
+    """A dense speed row measured on fewer documents (slow, e.g. attention dropout 0.1) is never the baseline of runs
+    on the full set, in train or in eval; the note compares it with the baseline instead."""
+    from hf_sparse.lab.study.grid import PlannedRun
+    from hf_sparse.lab.study.report import baseline_note, rows
+    from hf_sparse.lab.study.runner import RunResult
+
+    def result(name, role, train, test, train_speed, eval_speed):
+        metrics = {"status": "ok", "primary_metric": "accuracy", "test": {"accuracy": 0.8},
+                   "data": {"train": train, "test": test},
+                   "speed": {"train_samples_per_s": train_speed, "eval_samples_per_s": eval_speed}}
+        return RunResult(PlannedRun(name, name, "sentiment", "x.yaml", {}, {}, role=role), "ok", metrics=metrics)
+
+    table = rows([result("nodrop", "dense", 48, 160, 0.3, 0.8), result("drop", "dense", 16, 48, 0.06, 1.0),
+                  result("cut", "dense_truncated", 48, 160, 1.5, 8.0), result("window", "sparse", 48, 160, 0.45, 1.2)])
+    nodrop, drop, cut, window = table
+    assert (window["train_speedup"], window["eval_speedup"]) == (1.5, 1.5)  # not 1.2 (drop's faster eval)
+    assert (nodrop["train_speedup"], nodrop["eval_speedup"]) == (1.0, 1.0)
+    assert (drop["train_speedup"], drop["eval_speedup"]) == (1.0, 1.0)     # its own baseline
+    assert drop["train_speedup_vs_truncated"] is None and window["eval_speedup_vs_truncated"] == 0.15
+    note = baseline_note(table)
+    assert "train: nodrop (0.3/s on 48 documents); eval: nodrop (0.8/s on 160 documents)" in note
+    assert "drop measured train speed on 16 other documents: 0.20x nodrop's samples/s" in note
+    assert "drop measured eval speed on 48 other documents: 1.25x nodrop's samples/s" in note
