@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = dd["train"].features["label"].names
         print(f"{source_of(dd):32s} {sizes}; {len(labels)} labels ({', '.join(labels[:3])}, ...)")
     for builder, source in ((build_translation, "offline:debian_en_de"), (build_translation, "offline:debian_en_fr"),
+                            (build_translation, "offline:debian_descriptions_en_de"),
+                            (build_translation, "offline:debian_descriptions_en_fr"),
                             (build_summarization, "offline:debian_descriptions"),
                             (build_summarization, "offline:manpages")):
         try:

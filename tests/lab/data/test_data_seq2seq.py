@@ -73,6 +73,8 @@ def _max_train_similarity(dd, sample: int = 200) -> float:
 @pytest.mark.parametrize("builder, name, cache, pairs", [
     (build_translation, "offline:debian_en_de", "translation_debian_en_de", (12_000, 14_000)),
     (build_translation, "offline:debian_en_fr", "translation_debian_en_fr", (18_000, 20_500)),
+    (build_translation, "offline:debian_descriptions_en_de", "translation_debian_descriptions_en_de", (12_500, 14_000)),
+    (build_translation, "offline:debian_descriptions_en_fr", "translation_debian_descriptions_en_fr", (18_500, 20_500)),
     (build_summarization, "offline:debian_descriptions", "summarization_debian_descriptions", (38_000, 46_000)),
 ])
 def test_offline_splits_have_no_leaks(builder, name, cache, pairs):
