@@ -177,8 +177,9 @@ def test_speedups_divide_by_the_faster_dense_row_and_the_truncated_row(tmp_path)
     assert "| train vs truncated | eval vs truncated |" in sentiment and "vs truncated |" not in image_part
     assert "| long-window-window32 | sparse | ok (cached) | 0.6400 ± 0.048 | 48 | 100 | 0.100 | 2250 | 30.0 | 60.0 | 1.50x | 1.50x | " \
            "0.60x | 0.60x | 900.0 | blocksparse |" in sentiment
-    assert ("Speed-ups divide by the faster full-length dense run (train: long-nodrop (20.0/s); eval: long-dense "
-            "(40.0/s)); the \"vs truncated\" columns by long-512 (dense attention on truncated inputs at 512 tokens)."
+    assert ("Speed-ups divide by the faster full-length dense run on the same documents (train: long-nodrop (20.0/s "
+            "on 48 documents); eval: long-dense (40.0/s on 100 documents)); the \"vs truncated\" columns by long-512 "
+            "(dense attention on truncated inputs at 512 tokens)."
             in sentiment)
     assert "No dense full-length run finished, so there are no speed-ups." in image_part
     assert "Reference: none" in report
