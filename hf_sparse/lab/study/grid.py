@@ -41,6 +41,7 @@ import dataclasses
 import itertools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,11 +215,23 @@ STUDY_DIR = "{study_dir}"
 
 def fill_study_dir(tree: Any, study: StudyConfig) -> Any:
     """``tree`` with :data:`STUDY_DIR` in every string replaced by the study's folder."""
+    return _map_strings(tree, lambda text: text.replace(STUDY_DIR, str(study.root)))
+
+
+def unfill_study_dir(tree: Any, root: str) -> Any:
+    """``tree`` with every path string inside the study folder ``root`` written from :data:`STUDY_DIR` again: the
+    configs of two studies in different folders compare equal when only their folders differ."""
+    prefix = root.rstrip("/") + "/"
+    return _map_strings(tree, lambda text: STUDY_DIR + text[len(root):] if text == root or text.startswith(prefix)
+                        else text)
+
+
+def _map_strings(tree: Any, change: Callable[[str], str]) -> Any:
     if isinstance(tree, dict):
-        return {key: fill_study_dir(value, study) for key, value in tree.items()}
+        return {key: _map_strings(value, change) for key, value in tree.items()}
     if isinstance(tree, list):
-        return [fill_study_dir(value, study) for value in tree]
-    return tree.replace(STUDY_DIR, str(study.root)) if isinstance(tree, str) else tree
+        return [_map_strings(value, change) for value in tree]
+    return change(tree) if isinstance(tree, str) else tree
 
 
 def resolve(study: StudyConfig, run: PlannedRun) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import yaml
 
 from ..finetune.config import ConfigError
 from ..finetune.record import write_failed
-from .grid import PlannedRun, PrepareConfig, StudyConfig, resolve
+from .grid import PlannedRun, PrepareConfig, StudyConfig, resolve, unfill_study_dir
 
 FINETUNE_MODULE = "hf_sparse.lab.finetune"  # run as ``python -m`` / ``accelerate launch -m``
 RUN_CONFIG = "run_config.yaml"
@@ -255,8 +255,12 @@ def finished(run_dir: Path, resolved: dict[str, Any]) -> bool:
 
 
 def _what(config: dict[str, Any]) -> dict[str, Any]:
-    """A run config without the keys that only say where it was written."""
-    return {k: v for k, v in config.items() if k not in PLACE_KEYS}
+    """A run config without the keys that only say where it was written, and with paths inside its study's folder
+    (the parent of its ``output_dir``, ``<study>/runs``) written from ``{study_dir}``: a stage-0 model trained
+    inside each study is the same setting in every study."""
+    what = {k: v for k, v in config.items() if k not in PLACE_KEYS}
+    out = config.get("output_dir")
+    return unfill_study_dir(what, str(Path(out).parent)) if isinstance(out, str) and out else what
 
 
 def _launch_wall(run_dir: Path) -> float:

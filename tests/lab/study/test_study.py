@@ -308,6 +308,32 @@ def test_study_dir_placeholder_names_the_study_folder(tmp_path):
     assert study.entries["image-local"].prepare.creates == "{study_dir}/stage0/model"  # the config itself is unchanged
 
 
+def test_reference_matches_runs_that_start_from_their_own_study_folder(tmp_path):
+    """A run whose model is trained inside its study ("{study_dir}/stage0/...") has the same config as the
+    reference study's run of the same settings, although the two folders differ; another setting still differs."""
+    import json
+
+    from hf_sparse.lab.study import resolve
+    from hf_sparse.lab.study.runner import RUN_CONFIG, reference_metrics
+
+    def study_in(folder, reference, lr):
+        data = _micro(tmp_path / folder, reference_dir=str(tmp_path / reference))
+        data["entries"] = {"image-local": data["entries"]["image-local"]}
+        data["entries"]["image-local"]["overrides"] = {"model.name_or_path": "{study_dir}/stage0/model",
+                                                       "train.learning_rate": lr}
+        return StudyConfig.from_dict(data)
+
+    then = study_in("ref", "none", 1e-3)
+    for run in expand(then):  # the reference: a finished run written where that study put it
+        run_dir = then.root / "runs" / run.name
+        run_dir.mkdir(parents=True)
+        (run_dir / RUN_CONFIG).write_text(yaml.safe_dump(resolve(then, run)))
+        (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "test": {"accuracy": 0.5}}))
+    same, other = study_in("new", "ref", 1e-3), study_in("new2", "ref", 2e-3)
+    assert set(reference_metrics(same, expand(same))["image-local-window1"]) == {"metrics"}
+    assert reference_metrics(other, expand(other))["image-local-window1"] == {"differs": "config differs in train"}
+
+
 def test_speedups_divide_by_dense_runs_on_the_same_documents():
     """A dense speed row measured on fewer documents (slow, e.g. attention dropout 0.1) is never the baseline of runs
     on the full set, in train or in eval; the note compares it with the baseline instead."""
