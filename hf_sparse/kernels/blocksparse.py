@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..patterns import MaskContext, MaskMod, Pattern, bound_mask_mod
 from . import cpu_flash, cpu_work
 from .call import AttentionCall, additive_bias, expand_kv_heads
-from .plan import BlockSparsePlan, PlanGroup, dynamic_plan, static_plan
+from .plan import BlockSparsePlan, PlanGroup, additive, dynamic_plan, static_plan
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,49 @@ def _group_mask(call: AttentionCall, plan: BlockSparsePlan, group: PlanGroup, ba
     return attn_mask, empty
 
 
+class _LayerMemo:
+    """The group masks made from the last boolean model mask, reused by the next layers.
+
+    A model passes one mask tensor to all its layers, so combining it with a plan's tiles (gather, ``&``, the
+    empty rows and, for the fused CPU kernel, the additive form) is the same work in every layer; it is done for the
+    first layer and reused while the same tensor (same object, same in-place version) comes back. A new mask drops
+    the old results. Only fixed patterns without additive terms are kept (a data-dependent pattern has a new plan
+    per call). The results are read-only: kernels never write into a mask."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+        self.version = -1
+        self.entries: dict[tuple, tuple[BlockSparsePlan, tuple]] = {}
+
+    def group_mask(self, call: AttentionCall, plan: BlockSparsePlan, index: int, batch: int, heads: int,
+                   fused: bool = False, per_batch: bool = False):
+        """:func:`_group_mask` of ``plan.groups[index]``; with ``fused`` the mask comes additive in the query
+        dtype (what the fused CPU kernel takes), converted once instead of per call."""
+        group, mask = plan.groups[index], call.attention_mask
+        if mask is None or call.pattern.dynamic or additive_bias(call) is not None or mask.is_inference():
+            return _group_mask(call, plan, group, batch, heads, fused, per_batch)  # (no version counter to check)
+        if self.mask is not mask or self.version != mask._version:
+            self.mask, self.version, self.entries = mask, mask._version, {}
+        key = (id(plan), index, batch, heads, fused, per_batch, call.query.dtype)
+        if key not in self.entries:  # the plan is kept with its entry, so its id is not reused meanwhile
+            attn_mask, empty = _group_mask(call, plan, group, batch, heads, fused, per_batch)
+            if fused and isinstance(attn_mask, torch.Tensor):
+                attn_mask = additive(attn_mask, call.query.dtype)
+            self.entries[key] = (plan, (attn_mask, empty))
+        return self.entries[key][1]
+
+    def clear(self) -> None:
+        self.mask, self.version, self.entries = None, -1, {}
+
+
+_MEMO = _LayerMemo()
+
+
+def clear_layer_memo() -> None:
+    """Drop the group masks kept for the last model mask (part of :func:`hf_sparse.kernels.clear_caches`)."""
+    _MEMO.clear()
+
+
 def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     """Block-sparse attention; exact for every pattern (see :mod:`hf_sparse.kernels.call` for semantics).
 
@@ -217,12 +260,12 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     if cpu_work.available(query, call.dropout_p, dim_v, bias_needs_grad):
         unit_stride = query.stride(-1) == k_blocks.stride(-1) == v_blocks.stride(-1) == 1  # bands read views
         works = []
-        for group in plan.groups:
+        for i, group in enumerate(plan.groups):
             band = group.band if unit_stride else None
             index = None if band is not None else (base + group.gather_indices(nk)).reshape(-1)
             works.append(cpu_work.GroupWork(group.rows, group.slots, index,
-                                            *_group_mask(call, plan, group, batch, heads, fused=True,
-                                                         per_batch=band is not None),
+                                            *_MEMO.group_mask(call, plan, i, batch, heads, fused=True,
+                                                              per_batch=band is not None),
                                             band=band, band_step=group.band_step))
         args = (query, k_blocks, v_blocks, works, call.scale_value, bs, nq)
         if call.needs_grad:
@@ -233,11 +276,11 @@ def blocksparse_attention(call: AttentionCall) -> tuple[torch.Tensor, None]:
     q = _pad_rows(query, nq * bs).reshape(n, nq, bs, dim)
     k_flat, v_flat = k_blocks.reshape(n * nk, bs, dim), v_blocks.reshape(n * nk, bs, dim_v)
     outs = []
-    for group in plan.groups:
+    for i, group in enumerate(plan.groups):
         nr, width = group.rows.numel(), group.slots
         q_g = q if nr == nq else q.index_select(1, group.rows)
         gather = (base + group.gather_indices(nk)).reshape(-1)
-        attn_mask, empty = _group_mask(call, plan, group, batch, heads)
+        attn_mask, empty = _MEMO.group_mask(call, plan, i, batch, heads)
         k = k_flat.index_select(0, gather).view(n, nr, width * bs, dim)
         v = v_flat.index_select(0, gather).view(n, nr, width * bs, dim_v)
         out = F.scaled_dot_product_attention(q_g, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p,

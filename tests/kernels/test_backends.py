@@ -303,3 +303,52 @@ def test_backends_equal_reference_on_left_padded_rows(backend, name, options, ca
     if backend in GRAD_BACKENDS:
         for got, ref, grad in zip(_grads(call, out), _grads(call, want), "qkv", strict=True):
             torch.testing.assert_close(got, ref, **FP32_TOL, msg=lambda m, grad=grad: f"grad {grad}\n{m}")
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_blocksparse_combines_a_model_mask_once_for_all_layers(grad, monkeypatch):
+    """The layers of one forward pass share the model's mask tensor: the block-sparse kernel combines it with the
+    plan's tiles for the first call only and reuses the result while the same, unmodified tensor comes back. A
+    mask changed in place, a new mask and an inference-mode mask are combined anew; every output equals the
+    reference for the mask it was given."""
+    from hf_sparse.kernels import AttentionCall, blocksparse, clear_caches
+    from hf_sparse.patterns import MaskContext, make_pattern
+
+    clear_caches()
+    combined = []
+    real = blocksparse._group_mask
+    monkeypatch.setattr(blocksparse, "_group_mask", lambda *a, **kw: combined.append(1) or real(*a, **kw))
+    gen = torch.Generator().manual_seed(11)
+    length = 600
+    mask = torch.ones(2, 1, length, length, dtype=torch.bool)  # padding as Transformers expands it: [B, 1, L, L]
+    mask[1, ..., 450:] = False
+
+    def layer(attention_mask):
+        q, k, v = (torch.randn(2, 4, length, 32, generator=gen).requires_grad_(grad) for _ in range(3))
+        call = AttentionCall(q, k, v, make_pattern("sliding_window", window=40, num_global=1),
+                             MaskContext.for_length(length), attention_mask=attention_mask, block_size=64)
+        out, _ = BACKENDS["blocksparse"].run(call)
+        torch.testing.assert_close(out, reference_attention(call)[0], **FP32_TOL)
+        if grad:
+            for got, ref in zip(_grads(call, out), _grads(call, reference_attention(call)[0]), strict=True):
+                torch.testing.assert_close(got, ref, **FP32_TOL)
+
+    layer(mask)
+    per_layer = len(combined)
+    assert per_layer >= 2  # the sliding rows and the global row
+    layer(mask)
+    layer(mask)
+    assert len(combined) == per_layer, "the next layers reuse the combined masks"
+    mask[0, ..., 500:] = False                                   # changed in place: combined anew
+    layer(mask)
+    assert len(combined) == 2 * per_layer
+    layer(mask.clone())                                          # another tensor: combined anew
+    assert len(combined) == 3 * per_layer
+    if not grad:
+        with torch.inference_mode():
+            frozen = mask.clone()
+            layer(frozen)
+            layer(frozen)                                        # no version counter: never reused
+        assert len(combined) == 5 * per_layer
+    clear_caches()
+    assert blocksparse._MEMO.mask is None
