@@ -100,8 +100,9 @@ def _band_pieces(work: GroupWork, batch: int, heads: int, bs: int, block_bytes: 
 
 
 def _per_batch(x: torch.Tensor | None, b: int, batch: int, part: slice) -> torch.Tensor | None:
-    """A ``[1, B or B*H, nr, ...]`` mask/flag (one for all batch rows, one per batch row shared by the heads, or
-    one per batch row and head) as the band kernel's ``[rows, 1 or H, ...]`` for batch row ``b`` (a view)."""
+    """A ``[N, nr, ...]`` mask/flag with ``N`` = 1 (one for all batch rows), ``B`` (one per batch row, shared by
+    the heads) or ``B*H`` (one per batch row and head) as the band kernel's ``[rows, 1 or H, ...]`` for batch row
+    ``b`` (a view)."""
     if x is None:
         return None
     if x.shape[0] > 1:
