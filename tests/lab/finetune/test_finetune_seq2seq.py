@@ -82,6 +82,28 @@ def test_summarization_gpt2_in_process(tmp_path):
     assert (tmp_path / cfg.run_name / "metrics.json").exists()
 
 
+@pytest.mark.slow
+def test_summarization_bert2bert_reads_long_man_pages_sparse(tmp_path):
+    """Man pages past MiniLM's 512 positions: the BERT2BERT's position tables are extended to data.max_length and
+    the encoder's sliding window runs on a sparse kernel at that length (the decoder and cross-attention dense)."""
+    from hf_sparse.lab.data.manpages import VERSION
+
+    _need(f"summarization_manpages_v{VERSION}")
+    encoder_only = ["--sparse", "null", "--sparse.encoder.pattern", "sliding_window",
+                    "--sparse.encoder.options", "{window: 32, num_global: 1}"]
+    cfg = RunConfig.load(ROOT / "configs/summarization/dense.yaml",
+                         [*TINY, *BERT_TINY, "--data.source", "offline:manpages", "--data.max_length", "1100",
+                          "--train.batch_size", "2", "--train.eval_batch_size", "2", *encoder_only,
+                          "--output_dir", str(tmp_path)])
+    m = run(cfg)
+    _check_seq2seq(m, "summarization", "rougeL", "rouge-score")
+    sparse = m["sparse"]
+    parts = sparse["parts"]
+    assert parts["decoder"]["pattern"] == "dense" and parts["encoder"]["pattern"].startswith("sliding_window")
+    assert parts["encoder"]["eval_length"] > 512 and 0 < parts["encoder"]["token_density"] < 0.2
+    assert set(sparse["backends"].values()) == {"blocksparse"}, sparse["backends"]  # (512 positions: an IndexError)
+
+
 @pytest.fixture(scope="module")
 def bert2bert():
     from hf_sparse.lab.finetune.seq2seq_models import build_seq2seq_model

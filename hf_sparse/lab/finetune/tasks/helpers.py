@@ -6,8 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import datasets
+import torch
 
 from hf_sparse.patch import SAVED_KEY, load_patched
+from hf_sparse.positions import extend_positions
 
 from ...data import limit_splits
 from ..config import RunConfig
@@ -34,3 +36,14 @@ def from_pretrained(loader: Any, path: str, **kwargs: Any) -> Any:
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"model.name_or_path {path!r} cannot be loaded ({first}); offline, use 'minilm'") from None
+
+
+def fit_positions(model: torch.nn.Module, length: int, tokenizer: Any = None) -> None:
+    """Let ``model`` read inputs of ``length`` tokens: a learned position table shorter than that (MiniLM: 512;
+    an encoder-decoder's encoder, whose config is ``model.config.encoder``) is extended in place with
+    :func:`hf_sparse.extend_positions` (pretrained rows tiled; both halves of a BERT2BERT), and the tokenizer's
+    ``model_max_length`` follows. Models without such a table are left alone."""
+    config = getattr(model.config, "encoder", model.config)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and length > positions:
+        extend_positions(model, length, tokenizer=tokenizer)

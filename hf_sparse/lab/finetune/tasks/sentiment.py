@@ -15,13 +15,11 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-from hf_sparse.positions import extend_positions
-
 from ...data import build_sentiment
 from ..config import RunConfig
 from ..models import apply_config_overrides, resolve_pretrained
 from .base import Batch, ClassificationTask
-from .helpers import from_pretrained, load_limited
+from .helpers import fit_positions, from_pretrained, load_limited
 
 
 class SentimentTask(ClassificationTask):
@@ -42,9 +40,7 @@ class SentimentTask(ClassificationTask):
         apply_config_overrides(config, cfg.model.config)
         model = from_pretrained(AutoModelForSequenceClassification, path, config=config)
         tokenizer = from_pretrained(AutoTokenizer, path)
-        positions = getattr(model.config, "max_position_embeddings", None)
-        if positions is not None and cfg.data.max_length > positions:
-            extend_positions(model, cfg.data.max_length, tokenizer=tokenizer)
+        fit_positions(model, cfg.data.max_length, tokenizer)
         return model, tokenizer
 
     def prepare(self, data: datasets.DatasetDict, processor: Any, cfg: RunConfig) -> datasets.DatasetDict:

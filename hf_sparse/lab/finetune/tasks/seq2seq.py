@@ -2,7 +2,8 @@
 
 Data rows are ``source`` / ``target`` texts (:mod:`hf_sparse.lab.data.translation`, :mod:`.summarization`);
 models come from :mod:`hf_sparse.lab.finetune.seq2seq_models` (BERT2BERT from MiniLM, random or hub GPT-2,
-hub T5 / BART / Marian). Training minimizes the target tokens' cross-entropy (decoder-only models see
+hub T5 / BART / Marian); an encoder-decoder whose learned position table is shorter than ``data.max_length``
+(MiniLM: 512) gets it extended (:func:`~.helpers.fit_positions`). Training minimizes the target tokens' cross-entropy (decoder-only models see
 ``prompt + target`` and are scored on the target only); evaluation also generates (greedy or beam search,
 ``generation`` section) and scores the decoded text.
 
@@ -34,7 +35,7 @@ from ..record import sparse_summary
 from ..scores import summarization_scores, translation_scores
 from ..seq2seq_models import build_seq2seq_model
 from .base import Batch, EvalResult, Task
-from .helpers import load_limited
+from .helpers import fit_positions, load_limited
 
 IGNORE = -100
 _MODEL_KEYS = ("input_ids", "attention_mask", "labels")
@@ -71,6 +72,8 @@ class Seq2SeqTask(Task):
         self.decoder_only, self.eos_token_id, self.tokenizer = built.decoder_only, built.eos_token_id, built.tokenizer
         self.num_beams = cfg.generation.num_beams
         self.max_new_tokens = cfg.generation.max_new_tokens or cfg.data.max_target_length
+        if not built.decoder_only:  # a decoder-only model's length is checked where it is built
+            fit_positions(built.model, cfg.data.max_length, built.tokenizer)
         return built.model, built.tokenizer
 
     def prepare(self, data: datasets.DatasetDict, processor: Any, cfg: RunConfig) -> datasets.DatasetDict:
