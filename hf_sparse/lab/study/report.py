@@ -110,8 +110,7 @@ def baseline_note(task_rows: list[dict[str, Any]]) -> str:
     """Which runs the speed-up columns divide by, and how dense runs on other documents compare."""
     parts, others = [], []
     for kind in ("train", "eval"):
-        counts = [documents(r, kind) for r in task_rows if r[f"{kind}_samples_per_s"]]
-        main = max(set(counts), key=counts.count, default=None)  # the documents most runs were measured on
+        main = _main_documents(task_rows, kind)
         dense = baseline(task_rows, "dense", kind, main)
         if dense is None:
             continue
@@ -125,15 +124,17 @@ def baseline_note(task_rows: list[dict[str, Any]]) -> str:
     if not parts:
         return "No dense full-length run finished, so there are no speed-ups."
     note = f"Speed-ups divide by the faster full-length dense run on the same documents ({'; '.join(parts)})"
-    truncated = baseline(task_rows, "dense_truncated", "train", documents(_first(task_rows, "dense_truncated"), "train"))
+    truncated = baseline(task_rows, "dense_truncated", "train", _main_documents(task_rows, "train"))
     if truncated is not None:
         length = f" at {truncated['eval_length']} tokens" if truncated["eval_length"] else ""
         note += f"; the \"vs truncated\" columns by {truncated['run']} (dense attention on truncated inputs{length})"
     return note + "." + "".join(f" {o}." for o in others)
 
 
-def _first(task_rows: list[dict[str, Any]], role: str) -> dict[str, Any]:
-    return next((r for r in task_rows if role_of(r) == role), {})
+def _main_documents(task_rows: list[dict[str, Any]], kind: str) -> int | None:
+    """The number of documents most of the task's ``kind`` speeds were measured on."""
+    counts = [documents(r, kind) for r in task_rows if r[f"{kind}_samples_per_s"]]
+    return max(set(counts), key=counts.count, default=None)
 
 
 def tasks(table: list[dict[str, Any]]) -> list[str]:
