@@ -303,8 +303,8 @@ def _row_groups(counts: torch.Tensor, widen: float = 2.0) -> list[torch.Tensor]:
 def _plan(layout: BlockLayout, mod: MaskMod, ctx: MaskContext, bs: int) -> BlockSparsePlan:
     n_q, n_kv = layout.active.shape[-2], layout.active.shape[-1]
     all_rows = torch.arange(n_q, device=layout.active.device)
-    # Per-head (dynamic) layouts stay one group: their rows differ between heads.
-    row_sets = _row_groups(layout.active.sum(-1)) if layout.active.dim() == 2 else [all_rows]
+    counts = layout.active.sum(-1)  # per-head (dynamic) layouts: a row's width is its widest head's
+    row_sets = _row_groups(counts if counts.dim() == 1 else counts.flatten(0, -2).amax(0))
     groups = tuple(part for rows in row_sets
                    for part in _split_bands(_group(layout.active, rows, mod, ctx, bs), mod, ctx, bs, n_kv))
     concatenated = torch.cat([g.rows for g in groups])

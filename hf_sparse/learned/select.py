@@ -10,7 +10,9 @@ Conventions (those of :class:`~hf_sparse.patterns.BlockLayout`):
 * every row keeps the same number of blocks, ``min(width, available)``, where
   ``width = max forced blocks of any row + k`` and ``available`` counts the key blocks a row may see
   (causal rows see no future block). Forced blocks (local window, global blocks) are always kept; the
-  remaining slots go to the best-scoring blocks, ties broken by the lower block index.
+  remaining slots go to the best-scoring blocks, ties broken by the lower block index. With global queries
+  (``select_blocks(..., global_queries=True)``) the rows holding the global tokens keep every block they may
+  see instead.
 """
 
 from __future__ import annotations
@@ -59,11 +61,13 @@ class RowGeometry:
         allowed: ``[nq, nkv]`` bool, the key block may be chosen (not entirely in the future when causal).
         forced: ``[nq, nkv]`` bool, always kept: the local window and the global blocks.
         anchor: ``[nq]`` long, key block holding the block's last query row (its diagonal block).
+        global_rows: ``[nq]`` bool, the query block holds one of the first ``num_global`` positions.
     """
 
     allowed: torch.Tensor
     forced: torch.Tensor
     anchor: torch.Tensor
+    global_rows: torch.Tensor
 
 
 def row_geometry(
@@ -73,7 +77,7 @@ def row_geometry(
 
     Local window: the key blocks spanned by the query block's own positions, widened by
     ``num_local_blocks - 1`` blocks (to the past when causal, centred otherwise). Global blocks: those
-    holding the first ``num_global`` tokens.
+    holding the first ``num_global`` tokens (as keys; as queries, :attr:`RowGeometry.global_rows`).
     """
     nq, nkv = n_blocks(ctx.q_len, block_size), n_blocks(ctx.kv_len, block_size)
     rows = torch.arange(nq, device=device)
@@ -91,12 +95,13 @@ def row_geometry(
     forced = (kb >= lo[:, None]) & (kb <= hi[:, None])
     if num_global > 0:
         forced = forced | (kb * block_size < min(num_global, ctx.kv_len))
-    return RowGeometry(allowed=allowed, forced=forced & allowed, anchor=last_kb)
+    return RowGeometry(allowed=allowed, forced=forced & allowed, anchor=last_kb, global_rows=first < num_global)
 
 
-def select_blocks(scores: torch.Tensor, geometry: RowGeometry, k: int) -> torch.Tensor:
+def select_blocks(scores: torch.Tensor, geometry: RowGeometry, k: int, global_queries: bool = False) -> torch.Tensor:
     """Block table ``[B, H, nq, nkv]`` keeping the forced blocks plus the best ``k`` (more where a row has
     fewer forced blocks than others, so every row keeps the same count); ``scores`` ``[B, H, nq, nkv]``.
+    With ``global_queries`` the :attr:`RowGeometry.global_rows` keep every allowed block instead.
 
     Deterministic: a stable descending sort breaks ties by the lower key-block index.
     """
@@ -107,6 +112,8 @@ def select_blocks(scores: torch.Tensor, geometry: RowGeometry, k: int) -> torch.
     s = s.masked_fill(geometry.forced, float("inf")).masked_fill(~geometry.allowed, float("-inf"))
     order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :width]
     table = torch.zeros(s.shape, dtype=torch.bool, device=s.device).scatter_(-1, order, True)
+    if global_queries:
+        table[..., geometry.global_rows, :] = True
     return table & geometry.allowed
 
 

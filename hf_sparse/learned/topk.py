@@ -29,8 +29,10 @@ class RoutedBlocks(Pattern):
         num_local_blocks: the query block's own key block plus ``num_local_blocks - 1`` neighbours (the
             previous ones when causal, centred otherwise), always kept.
         num_global: the key blocks holding the first ``num_global`` tokens are always kept, for every query
-            (e.g. ``[CLS]`` or an attention-sink token). Unlike fixed patterns, global tokens do *not* attend
-            everything as queries: every query-block row keeps the same number of blocks.
+            (e.g. ``[CLS]`` or an attention-sink token).
+        global_queries: the query blocks holding those tokens also keep every key block they may see, as a
+            fixed pattern's global tokens attend everything (e.g. so that ``[CLS]`` can pool a whole document
+            for classification). Off by default: then every query-block row keeps the same number of blocks.
     """
 
     dynamic: ClassVar[bool] = True
@@ -39,11 +41,16 @@ class RoutedBlocks(Pattern):
     k: int = 2
     num_local_blocks: int = 1
     num_global: int = field(default=1, kw_only=True)
+    global_queries: bool = field(default=False, kw_only=True)
 
     def _validate(self) -> None:
         check_int(self.name, "block_size", self.block_size, minimum=1)
         check_int(self.name, "k", self.k, minimum=0)
         check_int(self.name, "num_local_blocks", self.num_local_blocks, minimum=0)
+        if not isinstance(self.global_queries, bool):
+            raise ValueError(f"{self.name}: global_queries must be true or false, got {self.global_queries!r}")
+        if self.global_queries and self.num_global == 0:
+            raise ValueError(f"{self.name}: global_queries=True needs global tokens; set num_global >= 1")
         if self.k == 0 and self.num_local_blocks == 0 and self.num_global == 0:
             raise ValueError(f"{self.name}: k, num_local_blocks and num_global are all 0, so nothing is kept; "
                              "set k >= 1")
@@ -65,7 +72,7 @@ class RoutedBlocks(Pattern):
         with torch.no_grad():
             scores = self.block_scores(query.detach(), key.detach(), ctx)
         geometry = row_geometry(ctx, self.block_size, self.num_local_blocks, self.num_global, query.device)
-        return select_blocks(scores, geometry, self.k)
+        return select_blocks(scores, geometry, self.k, self.global_queries)
 
     def bind_dynamic(
         self, query: torch.Tensor, key: torch.Tensor, ctx: MaskContext, block_size: int

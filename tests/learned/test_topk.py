@@ -102,6 +102,58 @@ def test_topk_equals_reference_with_its_explicitly_built_selection(case):
         assert grads[0].abs().sum() > 0 and grads[2].abs().sum() > 0
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3]], ids=["bidirectional", "causal", "causal-5-global"])
+def test_global_queries_keep_every_block_they_may_see(case):
+    """With ``global_queries`` the query blocks holding the first ``num_global`` tokens keep every block they may
+    see (the loops' selection elsewhere); outputs and gradients match the reference on that explicit mask."""
+    batch, hq, hkv, lq, lk, causal, bs, top, n_local, n_global = case
+    gen = torch.Generator().manual_seed(7 + lq)
+    q = torch.randn(batch, hq, lq, 16, generator=gen, requires_grad=True)
+    k = torch.randn(batch, hkv, lk, 16, generator=gen, requires_grad=True)
+    v = torch.randn(batch, hkv, lk, 16, generator=gen, requires_grad=True)
+    pattern = make_pattern("topk_blocks", block_size=bs, k=top, num_local_blocks=n_local, num_global=n_global,
+                           global_queries=True)
+    ctx = MaskContext(lq, lk, lk - lq, causal=causal)
+    nkv = math.ceil(lk / bs)
+    kept = {key for key in _blocks_by_loops(q.detach(), k.detach(), ctx, bs, top, n_local, n_global)
+            if key[2] * bs >= n_global}
+    kept |= {(b, h, qb, j) for b in range(batch) for h in range(hq) for qb in range(math.ceil(n_global / bs))
+             for j in range(nkv) if not causal or j * bs <= (qb + 1) * bs - 1}
+    assert {tuple(i.tolist()) for i in pattern.select(q, k, ctx).nonzero()} == kept
+
+    explicit = _explicit_mask(kept, (batch, hq, lq, lk), ctx, bs)
+    want, _ = reference_attention(AttentionCall(q, k, v, Dense(), MaskContext(lq, lk, lk - lq), attention_mask=explicit))
+    ref_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+    for backend in ("masked_sdpa", "blocksparse"):
+        got, _ = sparse_attention(q, k, v, pattern, is_causal=causal, backend=backend)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        grads = torch.autograd.grad(got.square().sum(), (q, k, v))
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
+
+def test_global_query_rows_get_their_own_plan_group():
+    """The block-sparse plan puts the rows that keep every block in their own group, so the other rows still
+    read ``forced + k`` blocks (not all of them)."""
+    from hf_sparse.kernels.plan import dynamic_plan
+
+    q, k = torch.randn(2, 3, 256, 8), torch.randn(2, 3, 256, 8)
+    ctx = MaskContext.for_length(256)
+    pattern = make_pattern("topk_blocks", block_size=16, k=2, num_global=20, global_queries=True)
+    plan = dynamic_plan(*pattern.bind_dynamic(q, k, ctx, 16), ctx)
+    groups = sorted((g.rows.tolist(), g.slots) for g in plan.groups)
+    assert groups == [([0, 1], 16), (list(range(2, 16)), 1 + 2 + 2)]  # local, 2 global blocks, k
+    assert plan.computed_fraction == pytest.approx((2 * 16 + 14 * 5) / 16 ** 2)
+
+
+def test_global_queries_option_is_checked():
+    with pytest.raises(ValueError, match="global_queries=True needs global tokens; set num_global >= 1"):
+        make_pattern("topk_blocks", num_global=0, global_queries=True)
+    with pytest.raises(ValueError, match="global_queries must be true or false, got 'yes'"):
+        make_pattern("topk_blocks", global_queries="yes")
+
+
 def test_layout_covers_the_mask_and_marks_full_tiles():
     torch.manual_seed(0)
     q, k = torch.randn(2, 4, 83, 8), torch.randn(2, 2, 83, 8)
