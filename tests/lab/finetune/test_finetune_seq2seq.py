@@ -147,6 +147,34 @@ def test_parts_patch_their_self_attention_and_cross_attention_stays_dense(bert2b
     assert torch.equal(_forward(built), dense)
 
 
+def test_a_saved_bert2bert_reloads_and_its_encoder_patches(bert2bert, tmp_path):
+    """A saved minilm2minilm given as ``model.name_or_path`` (e.g. a stage-0 model) comes back with the same
+    outputs, and patching its encoder reaches the attention modules (a freshly built one needs
+    ``share_sub_configs`` for that; a reloaded one must not silently stay on SDPA either)."""
+    from hf_sparse import unpatch_model
+    from hf_sparse.lab.finetune.seq2seq_models import build_seq2seq_model
+
+    built, _ = bert2bert
+    built.model.save_pretrained(tmp_path / "model")
+    built.tokenizer.save_pretrained(tmp_path / "model")
+    cfg = RunConfig.load(ROOT / "configs/translation/dense.yaml",
+                         ["--model.name_or_path", str(tmp_path / "model"), "--model.config", "{}"])
+    reloaded = build_seq2seq_model(cfg)
+    assert not reloaded.decoder_only and reloaded.eos_token_id == built.eos_token_id
+    torch.testing.assert_close(_forward(reloaded), _forward(built), atol=1e-5, rtol=1e-5)
+    task = get_task("translation")
+    task.decoder_only = False
+    parts = RunConfig.load(ROOT / "configs/translation/dense.yaml",
+                           ["--sparse.encoder.pattern", "sliding_window", "--sparse.encoder.options.window", "1"])
+    task.apply_sparse(reloaded.model, parts.sparse_parts())
+    try:
+        dense = _forward(built)
+        assert not torch.allclose(_forward(reloaded), dense, atol=1e-4)
+        assert last_backends(reloaded.model)["encoder.encoder.layer.0.attention.self"] is not None
+    finally:
+        unpatch_model(reloaded.model)
+
+
 def test_decoder_only_rejects_an_encoder_part():
     task = get_task("translation")
     task.decoder_only = True
