@@ -15,7 +15,7 @@ CONFIGS = sorted(p for p in Path(__file__).resolve().parents[3].glob("configs/*/
 
 
 #: config folders whose name is not their task's (a variant of the task's data)
-FOLDER_TASK = {"sentiment_long": "sentiment"}
+FOLDER_TASK = {"sentiment_long": "sentiment", "summarization_long": "summarization"}
 
 
 def test_shipped_configs_cover_the_tasks_and_patterns():
