@@ -3,9 +3,9 @@
 Data rows are ``source`` / ``target`` texts (:mod:`hf_sparse.lab.data.translation`, :mod:`.summarization`);
 models come from :mod:`hf_sparse.lab.finetune.seq2seq_models` (BERT2BERT from MiniLM, random or hub GPT-2,
 hub T5 / BART / Marian); an encoder-decoder whose learned position table is shorter than ``data.max_length``
-(MiniLM: 512) gets it extended (:func:`~.helpers.fit_positions`). Training minimizes the target tokens' cross-entropy (decoder-only models see
-``prompt + target`` and are scored on the target only); evaluation also generates (greedy or beam search,
-``generation`` section) and scores the decoded text.
+(MiniLM: 512) gets it extended (:func:`~.helpers.fit_positions`). Training minimizes the target tokens'
+cross-entropy (decoder-only models see ``prompt + target`` and are scored on the target only); evaluation also
+generates (greedy or beam search, ``generation`` section) and scores the decoded text.
 
 Sparse settings: one pattern for every self-attention (encoder: bidirectional, decoder: causal), or one
 per part, ``sparse: {encoder: {...}, decoder: {...}}``; cross-attention always stays dense.
