@@ -7,7 +7,9 @@
 * ``"gpt2-random"``: a random-init GPT-2 (``GPT2Config`` sized by :data:`GPT2_DEFAULTS` and ``model.config``)
   with the offline MiniLM WordPiece tokenizer (no GPT-2 tokenizer is available offline); prompt -> target.
 * any other hub id / local folder: ``AutoModelForSeq2SeqLM`` (T5, BART, Marian, ...) when its config is an
-  encoder-decoder, else ``AutoModelForCausalLM`` (``gpt2``, ...) used decoder-only.
+  encoder-decoder, else ``AutoModelForCausalLM`` (``gpt2``, ...) used decoder-only. A saved
+  ``EncoderDecoderModel`` (a ``minilm2minilm`` run's ``model/`` folder) takes ``model.config`` keys on both
+  halves, as ``minilm2minilm`` does (e.g. ``{attention_probs_dropout_prob: 0}``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ def build_seq2seq_model(cfg: RunConfig) -> Seq2SeqModel:
         return _random_gpt2(cfg)
     path = resolve_pretrained(name)
     config = from_pretrained(AutoConfig, path)
-    apply_config_overrides(config, cfg.model.config)
+    if isinstance(config, transformers.EncoderDecoderConfig):
+        for half in ("encoder", "decoder"):
+            apply_config_overrides(getattr(config, half), cfg.model.config)
+    else:
+        apply_config_overrides(config, cfg.model.config)
     tokenizer = from_pretrained(AutoTokenizer, path)
     decoder_only = not getattr(config, "is_encoder_decoder", False)
     loader = AutoModelForCausalLM if decoder_only else AutoModelForSeq2SeqLM

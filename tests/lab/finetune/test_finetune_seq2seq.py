@@ -175,6 +175,28 @@ def test_a_saved_bert2bert_reloads_and_its_encoder_patches(bert2bert, tmp_path):
         unpatch_model(reloaded.model)
 
 
+def test_a_saved_bert2bert_takes_model_config_on_both_halves(bert2bert, tmp_path):
+    """``model.config`` on a saved EncoderDecoderModel sets the key on the encoder and the decoder (as for
+    ``minilm2minilm``): every attention module, self and cross, is built with it; an unknown key is a one-line
+    ValueError naming it."""
+    from hf_sparse.lab.finetune.seq2seq_models import build_seq2seq_model
+
+    built, _ = bert2bert
+    built.model.save_pretrained(tmp_path / "model")
+    built.tokenizer.save_pretrained(tmp_path / "model")
+    assert built.model.config.encoder.attention_probs_dropout_prob == 0.1  # MiniLM's default: the change is seen
+    cfg = RunConfig.load(ROOT / "configs/translation/dense.yaml", ["--model.name_or_path", str(tmp_path / "model"),
+                                                                   "--model.config", "{attention_probs_dropout_prob: 0}"])
+    reloaded = build_seq2seq_model(cfg).model
+    assert reloaded.config.encoder.attention_probs_dropout_prob == reloaded.config.decoder.attention_probs_dropout_prob == 0
+    attention = [m for name, m in reloaded.named_modules() if name.endswith(("attention.self", "crossattention.self"))]
+    assert len(attention) == 3 and all(m.dropout.p == 0 for m in attention)  # encoder, decoder self, cross
+    cfg = RunConfig.load(ROOT / "configs/translation/dense.yaml", ["--model.name_or_path", str(tmp_path / "model"),
+                                                                   "--model.config", "{attention_dropout: 0}"])
+    with pytest.raises(ValueError, match="model.config.attention_dropout: BertConfig has no attribute"):
+        build_seq2seq_model(cfg)
+
+
 def test_decoder_only_rejects_an_encoder_part():
     task = get_task("translation")
     task.decoder_only = True
