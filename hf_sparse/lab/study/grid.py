@@ -19,6 +19,7 @@ A study YAML (see configs/study/default.yaml)::
         sweep: {sparse.options.window: [2, 4, 8]}     # cartesian product over the listed keys
         role: sparse                   # dense | dense_truncated | sparse (null: dense if the config has sparse: null)
         prepare: {command: "python scripts/...", creates: path}   # optional, run once if `creates` is missing
+        # prepare.needs: another {command, creates} step, run first (and only) when this one's path is missing
         # "{study_dir}" in overrides or prepare names this study's folder (e.g. a model the prepare step trains)
         enabled: true
 
@@ -57,10 +58,17 @@ ROLES = ("dense", "dense_truncated", "sparse")
 @dataclass
 class PrepareConfig:
     """A command run once before an entry's runs when the path ``creates`` does not exist (e.g. training
-    the gates a ``learned_gate`` config loads). ``python`` as the first word means this interpreter."""
+    the gates a ``learned_gate`` config loads). ``python`` as the first word means this interpreter.
+    ``needs``: a step this one builds on (e.g. the model its command starts from), with the same rules, run
+    before it when this step runs."""
 
     command: str = ""
     creates: str = ""
+    needs: PrepareConfig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.needs, dict):  # a nested step given as a mapping (e.g. from dataclasses.asdict)
+            self.needs = PrepareConfig(**self.needs)
 
 
 @dataclass
@@ -111,8 +119,11 @@ class StudyConfig:
             for key, values in flatten(entry.sweep).items():
                 if not isinstance(values, list) or not values:
                     raise ConfigError(f"study key '{where}.sweep.{key}' must be a non-empty list of values, got {values!r}")
-            if entry.prepare is not None and not (entry.prepare.command and entry.prepare.creates):
-                raise ConfigError(f"study key '{where}.prepare' needs both 'command' and 'creates'")
+            step, key = entry.prepare, f"{where}.prepare"
+            while step is not None:
+                if not (step.command and step.creates):
+                    raise ConfigError(f"study key '{key}' needs both 'command' and 'creates'")
+                step, key = step.needs, f"{key}.needs"
             if entry.role is not None and entry.role not in ROLES:
                 raise ConfigError(f"study key '{where}.role' must be one of {', '.join(ROLES)} (or null), "
                                   f"got {entry.role!r}")

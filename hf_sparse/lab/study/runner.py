@@ -203,9 +203,14 @@ def _failed(run: PlannedRun, run_dir: Path, error: str, wall: float) -> RunResul
 
 
 def prepare(step: PrepareConfig, log_dir: Path, log: Callable[[str], None], timeout_s: int | None) -> str | None:
-    """Run ``step.command`` unless ``step.creates`` exists; ``None`` on success, else the error line."""
+    """Run ``step.command`` unless ``step.creates`` exists, after its ``needs`` step (same rule, logs in
+    ``log_dir/needs``); ``None`` on success, else the error line."""
     if Path(step.creates).exists():
         return None
+    if step.needs is not None:
+        error = prepare(step.needs, log_dir / "needs", log, timeout_s)
+        if error is not None:
+            return error
     words = shlex.split(step.command)
     if words and words[0] == "python":
         words[0] = sys.executable

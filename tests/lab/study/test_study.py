@@ -275,6 +275,41 @@ def test_prepare_runs_once_and_report_judgements(tmp_path):
     assert "| 1.50x |" in report and "| (1.05x) |" in report  # window1 (blocksparse); window4 (masked_sdpa only)
 
 
+def test_prepare_runs_what_it_needs_first_and_only_when_missing(tmp_path):
+    """A prepare step's ``needs`` step (e.g. stage 0a, whose model stage 0b starts from) runs before it, once, with
+    "{study_dir}" filled in at every level; nothing runs when the last step's path exists; a failing ``needs``
+    fails the runs with its own error; a ``needs`` without ``creates`` is a one-line ConfigError."""
+    data = _micro(tmp_path / "study")
+    local = data["entries"]["image-local"]
+    local["sweep"] = {"sparse.options.window": [1, 2]}
+    write = "python -c \"import os; assert os.path.exists({read!r}); open({made!r}, 'w').write('x')\""
+    first = tmp_path / "study/a"
+    local["prepare"] = {"command": write.format(read=str(tmp_path), made="{study_dir}/b"), "creates": "{study_dir}/b",
+                        "needs": {"command": write.format(read=str(tmp_path), made="{study_dir}/a"),
+                                  "creates": "{study_dir}/a"}}
+    local["prepare"]["command"] = write.format(read=str(first), made="{study_dir}/b")
+    data["entries"] = {"image-local": local}
+    study = StudyConfig.from_dict(data)
+    assert expand(study)[0].prepare.needs.creates == str(first)
+    values = {"image-local-window1": (0.7, 0.05, 150.0, "blocksparse"), "image-local-window2": (0.7, 0.1, 140.0, "blocksparse")}
+    lines: list[str] = []
+    results = run_study(study, expand(study), launcher=_fake_launcher(values), log=lines.append)
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert [line.split(" (makes ")[1] for line in lines if line.startswith("prepare:")] == [f"{first})", f"{first.parent / 'b'})"]
+    first.unlink()  # the last step's path exists: its needs is not rebuilt
+    lines.clear()
+    run_study(study, expand(study), launcher=_fake_launcher(values), log=lines.append)
+    assert not any(line.startswith("prepare:") for line in lines) and not first.exists()
+    data = {**_micro(tmp_path / "other"), "entries": data["entries"]}  # a fresh folder: nothing is finished there
+    local["prepare"]["needs"] = {"command": "python -c \"raise SystemExit('no synopsis model')\"", "creates": "{study_dir}/c"}
+    study = StudyConfig.from_dict(data)
+    results = run_study(study, expand(study), launcher=_fake_launcher(values), log=lines.append)
+    assert [r.error for r in results] == ["prepare command failed: no synopsis model"] * 2
+    local["prepare"]["needs"] = {"command": "python -c pass"}
+    with pytest.raises(ConfigError, match=r"study key 'entries.image-local.prepare.needs' needs both 'command' and"):
+        StudyConfig.from_dict(data)
+
+
 def test_too_sparse_when_every_setting_falls_below_dense():
     from hf_sparse.lab.study.report import too_sparse
 
