@@ -41,7 +41,8 @@ def rows(results: list[RunResult], reference: dict[str, dict[str, Any]] | None =
         speed, sparse = m.get("speed") or {}, m.get("sparse") or {}
         primary = m.get("primary_metric")
         pattern = sparse.get("pattern") or _part_patterns(sparse)
-        value, data = (m.get("test") or {}).get(primary), m.get("data") or {}
+        test, data = m.get("test") or {}, m.get("data") or {}
+        value = test.get(primary)
         test_size = data.get("test")
         ref = (reference or {}).get(result.run.name) or {}
         ref_value = ((ref.get("metrics") or {}).get("test") or {}).get(primary) if primary else None
@@ -51,7 +52,7 @@ def rows(results: list[RunResult], reference: dict[str, dict[str, Any]] | None =
             "sweep": ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in result.run.sweep.items()),
             "status": result.status, "skipped": result.skipped,
             "pattern": pattern, "metric": primary, "value": value,
-            "value_se": standard_error(primary, value, test_size), "ref_value": ref_value,
+            "value_se": standard_error(primary, value, test_size, test.get(f"{primary}_se")), "ref_value": ref_value,
             "ref_diff": round(value - ref_value, 6) if value is not None and ref_value is not None else None,
             "ref_note": ref.get("differs"), "token_density": _density(sparse, "token_density"),
             "block_density": _density(sparse, "block_density"), "block_size": sparse.get("block_size"),
@@ -79,9 +80,12 @@ def rows(results: list[RunResult], reference: dict[str, dict[str, Any]] | None =
     return out
 
 
-def standard_error(metric: str | None, value: float | None, n: int | None) -> float | None:
-    """One standard error of an accuracy measured on ``n`` examples, ``sqrt(p (1 - p) / n)``; ``None`` for
-    other metrics (BLEU, ROUGE: no closed form) or when ``n`` is unknown."""
+def standard_error(metric: str | None, value: float | None, n: int | None, recorded: float | None = None) -> float | None:
+    """One standard error of the test metric: the run's own ``recorded`` one (``test["<metric>_se"]``: seq2seq
+    scores record theirs, see ``hf_sparse.lab.finetune.scores``), else for an accuracy measured on ``n``
+    examples ``sqrt(p (1 - p) / n)``; ``None`` when neither applies."""
+    if recorded is not None:
+        return round(float(recorded), 4)
     if metric != "accuracy" or value is None or not n:
         return None
     return round(math.sqrt(value * (1 - value) / n), 4)
@@ -199,10 +203,10 @@ def too_sparse(task_rows: list[dict[str, Any]], tolerance: float) -> list[str]:
             first = bad[0]
             lines.append(f"{entry}: too sparse from {first['sweep']} (token density {first['token_density']:.3f}, "
                          f"{first['metric']} {first['value']:.4f} vs dense {dense['value']:.4f})")
-    if dense.get("test_size") and dense["metric"] == "accuracy" and lines:
-        p, n = dense["value"], dense["test_size"]
-        lines.append(f"for scale: one standard error of the dense accuracy on {n} test examples is "
-                     f"±{(p * (1 - p) / n) ** 0.5:.3f}")
+    se = dense.get("value_se") or standard_error(dense["metric"], dense["value"], dense.get("test_size"))
+    if se is not None and lines:
+        lines.append(f"for scale: one standard error of the dense {dense['metric']} on {dense.get('test_size')} test "
+                     f"examples is ±{se:.3f}")
     return lines
 
 

@@ -185,12 +185,13 @@ def test_speedups_divide_by_the_faster_dense_row_and_the_truncated_row(tmp_path)
     assert "Reference: none" in report
 
 
-def test_standard_error_of_accuracy_only():
+def test_standard_error_of_an_accuracy_or_the_one_a_run_recorded():
     from hf_sparse.lab.study.report import standard_error
 
     assert standard_error("accuracy", 0.7, 100) == pytest.approx(math.sqrt(0.7 * 0.3 / 100), abs=1e-4)
     assert standard_error("accuracy", 0.64, 100) == 0.048
     assert standard_error("bleu", 20.0, 100) is None and standard_error("accuracy", 0.5, None) is None
+    assert standard_error("rougeL", 0.3, 160, recorded=0.021345) == 0.0213  # a seq2seq run records its own
 
 
 @pytest.mark.parametrize("entries, words", [
@@ -290,3 +291,32 @@ def test_default_and_quick_configs_expand_and_validate(name, count, capsys, monk
         stage0 = {r.prepare.creates for r in runs if r.task == "sentiment"}
         assert len(stage0) == 1 and Path(next(iter(stage0))).parent.parent.parent == study.root
         assert {c["model"]["name_or_path"] for c in sentiment} == stage0
+
+
+def test_seq2seq_config_expands_and_chains_its_two_stage0_steps(capsys, monkeypatch):
+    """configs/study/seq2seq.yaml: 8 summarization rows on full-length man pages (but the one truncated row), all
+    starting from stage 0b, whose prepare step needs stage 0a first, both inside the study folder; sparse rows
+    patch the encoder only."""
+    monkeypatch.chdir(ROOT)
+    assert study_script.main(["--config", "configs/study/seq2seq.yaml", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "8 runs, 0 invalid"
+    study = StudyConfig.load(ROOT / "configs/study/seq2seq.yaml")
+    assert study.reference == Path("results/reference/study-seq2seq") and study.timeout_s >= 3000
+    runs = expand(study)
+    assert {r.task for r in runs} == {"summarization"}
+    assert [r.name for r in runs if r.role == "dense_truncated"] == ["summarization-long-dense-512"]
+    assert [r.name for r in runs if r.role == "dense"] == ["summarization-long-dense-nodrop", "summarization-long-dense"]
+    stage0b = {r.prepare.creates for r in runs}
+    stage0a = {r.prepare.needs.creates for r in runs}
+    assert len(stage0b) == len(stage0a) == 1 and all(Path(p).parents[2] == study.root for p in stage0b | stage0a)
+    assert f"--model.name_or_path {next(iter(stage0a))}" in runs[0].prepare.command
+    configs = {r.name: runner.resolve(study, r) for r in runs}
+    assert {c["model"]["name_or_path"] for c in configs.values()} == stage0b
+    assert {c["data"]["source"] for c in configs.values()} == {"offline:manpages"}
+    assert {name: c["data"]["max_length"] for name, c in configs.items() if c["data"]["max_length"] != 4096} == {
+        "summarization-long-dense-512": 512}
+    dropout = {name: c["model"]["config"]["attention_probs_dropout_prob"] for name, c in configs.items()}
+    assert dropout.pop("summarization-long-dense") == 0.1 and set(dropout.values()) == {0}
+    sparse = {name: c["sparse"] for name, c in configs.items() if c["sparse"]}
+    assert len(sparse) == 5 and all(set(s) == {"encoder"} for s in sparse.values())
+    assert [s["encoder"]["options"]["window"] for n, s in sparse.items() if "window" in n] == [8, 32, 128]
