@@ -47,8 +47,9 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) ->
         "",
         f"Shared budget and settings: {budget}. Metrics are on the test split; throughput is samples/s of the "
         "training loop and of the test evaluation; speed-ups divide by runs of this study only (the faster "
-        "full-length dense run of the task, and its truncated dense run); ± is one standard error of an accuracy, "
-        "sqrt(p(1-p)/n) on the n test examples; peak MB is the peak resident memory (ru_maxrss) of the training "
+        "full-length dense run of the task, and its truncated dense run); ± is one standard error: of an accuracy "
+        "sqrt(p(1-p)/n) on the n test examples, of ROUGE the per-document scores' SD / sqrt(n), of BLEU / chrF "
+        "the SD over 200 bootstrap resamples of the test documents; peak MB is the peak resident memory (ru_maxrss) of the training "
         "process on CPU, model, data and all (CUDA max allocated on GPU). Config of each run: "
         "`runs/<run>/run_config.yaml`.",
         "", _reference_line(study, reference),
