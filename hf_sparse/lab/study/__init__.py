@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 
+from ..finetune.scores import BOOTSTRAP_SAMPLES
 from .grid import EntryConfig, PlannedRun, PrepareConfig, StudyConfig, expand, flatten, resolve
 from .plots import write_plots
 from .report import console, markdown, rows, write_csv
@@ -49,8 +50,9 @@ def write_report(study: StudyConfig, results: list[RunResult], wall_s: float) ->
         "training loop and of the test evaluation; speed-ups divide by runs of this study only (the faster "
         "full-length dense run of the task, and its truncated dense run); ± is one standard error: of an accuracy "
         "sqrt(p(1-p)/n) on the n test examples, of ROUGE the per-document scores' SD / sqrt(n), of BLEU / chrF "
-        "the SD over 200 bootstrap resamples of the test documents; peak MB is the peak resident memory (ru_maxrss) of the training "
-        "process on CPU, model, data and all (CUDA max allocated on GPU). Config of each run: "
+        f"the SD over {BOOTSTRAP_SAMPLES} bootstrap resamples of the test documents; peak MB is the peak resident "
+        "memory (ru_maxrss) of the training process on CPU, model, data and all (CUDA max allocated on GPU). "
+        "Config of each run: "
         "`runs/<run>/run_config.yaml`.",
         "", _reference_line(study, reference),
     ]
