@@ -293,24 +293,30 @@ def test_default_and_quick_configs_expand_and_validate(name, count, capsys, monk
         assert {c["model"]["name_or_path"] for c in sentiment} == stage0
 
 
-def test_seq2seq_config_expands_and_chains_its_two_stage0_steps(capsys, monkeypatch):
+def test_seq2seq_config_expands_and_chains_its_stage0_steps(capsys, monkeypatch):
     """configs/study/seq2seq.yaml: 8 summarization rows on full-length man pages (but the one truncated row), all
-    starting from stage 0b, whose prepare step needs stage 0a first, both inside the study folder; sparse rows
-    patch the encoder only."""
+    starting from stage 0b, whose prepare step needs stage 0a first; 5 translation rows on package synopses, all
+    starting from the stage-0 translator, which needs the same stage 0a; every stage 0 inside the study folder;
+    sparse rows patch the encoder only, but the one that windows the decoder too."""
     monkeypatch.chdir(ROOT)
     assert study_script.main(["--config", "configs/study/seq2seq.yaml", "--list"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "8 runs, 0 invalid"
+    assert capsys.readouterr().out.splitlines()[-1] == "13 runs, 0 invalid"
     study = StudyConfig.load(ROOT / "configs/study/seq2seq.yaml")
     assert study.reference == Path("results/reference/study-seq2seq") and study.timeout_s >= 3000
     runs = expand(study)
-    assert {r.task for r in runs} == {"summarization"}
+    summarization = [r for r in runs if r.task == "summarization"]
+    translation = [r for r in runs if r.task == "translation"]
+    assert len(summarization) == 8 and len(translation) == 5
     assert [r.name for r in runs if r.role == "dense_truncated"] == ["summarization-long-dense-512"]
-    assert [r.name for r in runs if r.role == "dense"] == ["summarization-long-dense-nodrop", "summarization-long-dense"]
-    stage0b = {r.prepare.creates for r in runs}
+    assert [r.name for r in runs if r.role == "dense"] == [
+        "summarization-long-dense-nodrop", "summarization-long-dense", "translation-dense"]
+    stage0b = {r.prepare.creates for r in summarization}
     stage0a = {r.prepare.needs.creates for r in runs}
-    assert len(stage0b) == len(stage0a) == 1 and all(Path(p).parents[2] == study.root for p in stage0b | stage0a)
-    assert f"--model.name_or_path {next(iter(stage0a))}" in runs[0].prepare.command
-    configs = {r.name: runner.resolve(study, r) for r in runs}
+    translator = {r.prepare.creates for r in translation}
+    assert len(stage0b) == len(stage0a) == len(translator) == 1
+    assert all(Path(p).parents[2] == study.root for p in stage0b | stage0a | translator)
+    assert all(f"--model.name_or_path {next(iter(stage0a))}" in r.prepare.command for r in (runs[0], translation[0]))
+    configs = {r.name: runner.resolve(study, r) for r in summarization}
     assert {c["model"]["name_or_path"] for c in configs.values()} == stage0b
     assert {c["data"]["source"] for c in configs.values()} == {"offline:manpages"}
     assert {name: c["data"]["max_length"] for name, c in configs.items() if c["data"]["max_length"] != 4096} == {
@@ -320,3 +326,12 @@ def test_seq2seq_config_expands_and_chains_its_two_stage0_steps(capsys, monkeypa
     sparse = {name: c["sparse"] for name, c in configs.items() if c["sparse"]}
     assert len(sparse) == 5 and all(set(s) == {"encoder"} for s in sparse.values())
     assert [s["encoder"]["options"]["window"] for n, s in sparse.items() if "window" in n] == [8, 32, 128]
+    configs = {r.name: runner.resolve(study, r) for r in translation}
+    assert {c["model"]["name_or_path"] for c in configs.values()} == translator
+    assert {(c["data"]["source"], c["data"]["language_pair"], c["data"]["max_test_samples"])
+            for c in configs.values()} == {("offline", "en-fr", None)}
+    assert {c["model"]["config"]["attention_probs_dropout_prob"] for c in configs.values()} == {0}
+    parts = {name: sorted(c["sparse"]) for name, c in configs.items() if c["sparse"]}
+    assert parts == {"translation-window-window1": ["encoder"], "translation-window-window2": ["encoder"],
+                     "translation-window-window4": ["encoder"], "translation-window-decoder": ["decoder", "encoder"]}
+    assert configs["translation-window-decoder"]["sparse"]["decoder"]["options"] == {"window": 2, "num_global": 1}
