@@ -147,6 +147,34 @@ def test_parts_patch_their_self_attention_and_cross_attention_stays_dense(bert2b
     assert torch.equal(_forward(built), dense)
 
 
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_evaluation_encodes_each_source_once_with_the_two_pass_results(bert2bert, num_beams):
+    """An evaluation batch runs the encoder once, feeding both the loss and ``generate``: the loss equals a full
+    forward's (atol 1e-6) and the ids equal a plain ``generate`` call's, greedy and beam search alike."""
+    built, _ = bert2bert
+    model, tok = built.model.eval(), built.tokenizer
+    task = get_task("translation")
+    task.decoder_only, task.eos_token_id, task.num_beams, task.max_new_tokens = False, built.eos_token_id, num_beams, 6
+    enc = tok(["a fast tool to convert files between many formats", "short"], return_tensors="pt", padding=True)
+    labels = tok(["ein schnelles Werkzeug", "kurz"], return_tensors="pt", padding=True).input_ids
+    labels[labels == tok.pad_token_id] = -100
+    batch = {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
+    calls = []
+    hook = model.get_encoder().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            loss, ids, seconds = task._loss_and_generate(model, model, batch)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 and seconds > 0
+    with torch.no_grad():
+        full = model(**batch).loss
+        plain = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, num_beams=num_beams,
+                               max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(loss, full, atol=1e-6, rtol=0)
+    assert torch.equal(ids, plain[:, 1:])
+
+
 def test_a_saved_bert2bert_reloads_and_its_encoder_patches(bert2bert, tmp_path):
     """A saved minilm2minilm given as ``model.name_or_path`` (e.g. a stage-0 model) comes back with the same
     outputs, and patching its encoder reaches the attention modules (a freshly built one needs

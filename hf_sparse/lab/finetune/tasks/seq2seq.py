@@ -171,15 +171,29 @@ class Seq2SeqTask(Task):
         return top
 
     # -- evaluation ---------------------------------------------------------------------------------------
-    def _generate(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """``[B, T]`` generated token ids (prompt / start token removed)."""
+    def _loss_and_generate(
+        self, model: torch.nn.Module, generator: torch.nn.Module, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One evaluation batch: the target loss, the ``[B, T]`` generated token ids (prompt / start token
+        removed) and the seconds generation took. An encoder-decoder encodes each source once: the encoder's
+        output feeds both the loss forward and ``generate``, and generation's seconds include that encoder pass
+        (what a user's ``generate`` call costs). ``model`` may be wrapped (DDP); ``generator`` is it unwrapped."""
         options = {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens, "do_sample": False}
         if self.decoder_only:
-            prompt = batch["prompt_ids"]
-            out = model.generate(input_ids=prompt, attention_mask=batch["prompt_mask"], **options)
-            return out[:, prompt.shape[1]:]
-        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options)
-        return out[:, 1:]
+            loss = model(**self.model_inputs(batch)).loss
+            prompt, tick = batch["prompt_ids"], time.perf_counter()
+            out = generator.generate(input_ids=prompt, attention_mask=batch["prompt_mask"], **options)
+            return loss, out[:, prompt.shape[1]:], time.perf_counter() - tick
+        tick = time.perf_counter()
+        encoded = generator.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                          return_dict=True)
+        seconds = time.perf_counter() - tick
+        # the loss first: beam search expands `encoded` in place to num_beams rows per source
+        loss = model(encoder_outputs=encoded, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        tick = time.perf_counter()
+        out = generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 encoder_outputs=encoded, **options)
+        return loss, out[:, 1:], seconds + time.perf_counter() - tick
 
     def _until_eos(self, ids: torch.Tensor) -> list[list[int]]:
         rows = []
@@ -195,11 +209,9 @@ class Seq2SeqTask(Task):
         predictions, references = [], []
         with torch.no_grad():
             for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
-                loss = model(**self.model_inputs(batch)).loss
+                loss, ids, seconds = self._loss_and_generate(model, generator, batch)
                 labels = int((batch["labels"] != IGNORE).sum())
-                tick = time.perf_counter()
-                rows = self._until_eos(self._generate(generator, batch))
-                gen_s += time.perf_counter() - tick
+                rows, gen_s = self._until_eos(ids), gen_s + seconds
                 texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
                 stats = torch.tensor([float(loss) * labels, labels, int(self.sample_tokens(batch).sum()),
                                       sum(len(r) for r in rows)], dtype=torch.float64, device=accelerator.device)
