@@ -19,7 +19,8 @@ A study YAML (see configs/study/default.yaml)::
         sweep: {sparse.options.window: [2, 4, 8]}     # cartesian product over the listed keys
         role: sparse                   # dense | dense_truncated | sparse (null: dense if the config has sparse: null)
         prepare: {command: "python scripts/...", creates: path}   # optional, run once if `creates` is missing
-        # prepare.needs: another {command, creates} step, run first (and only) when this one's path is missing
+        # prepare.needs: another {command, creates} step, run first (and only) when this one's path is missing;
+        #   "{needs}" in a prepare command names what its needs step creates (e.g. the model it starts from)
         # "{study_dir}" in overrides or prepare names this study's folder (e.g. a model the prepare step trains)
         enabled: true
 
@@ -60,7 +61,7 @@ class PrepareConfig:
     """A command run once before an entry's runs when the path ``creates`` does not exist (e.g. training
     the gates a ``learned_gate`` config loads). ``python`` as the first word means this interpreter.
     ``needs``: a step this one builds on (e.g. the model its command starts from), with the same rules, run
-    before it when this step runs."""
+    before it when this step runs; :data:`NEEDS` in ``command`` names the path that step creates."""
 
     command: str = ""
     creates: str = ""
@@ -69,6 +70,10 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if isinstance(self.needs, dict):  # a nested step given as a mapping (e.g. from dataclasses.asdict)
             self.needs = PrepareConfig(**self.needs)
+
+    def resolved_command(self) -> str:
+        """``command`` with :data:`NEEDS` replaced by what the ``needs`` step creates."""
+        return self.command.replace(NEEDS, self.needs.creates) if self.needs is not None else self.command
 
 
 @dataclass
@@ -123,6 +128,9 @@ class StudyConfig:
             while step is not None:
                 if not (step.command and step.creates):
                     raise ConfigError(f"study key '{key}' needs both 'command' and 'creates'")
+                if NEEDS in step.command and step.needs is None:
+                    raise ConfigError(f"study key '{key}.command' uses {NEEDS} but the step has no 'needs': add "
+                                      "the step that creates it, or write the path")
                 step, key = step.needs, f"{key}.needs"
             if entry.role is not None and entry.role not in ROLES:
                 raise ConfigError(f"study key '{where}.role' must be one of {', '.join(ROLES)} (or null), "
@@ -222,6 +230,9 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
 #: Written in an override or a ``prepare`` setting, this names the study's folder (:attr:`StudyConfig.root`), so
 #: a study can build what its runs start from inside itself (e.g. a stage-0 model) instead of reusing one.
 STUDY_DIR = "{study_dir}"
+
+#: Written in a ``prepare`` command, this names the path its ``needs`` step creates (:class:`PrepareConfig`).
+NEEDS = "{needs}"
 
 
 def fill_study_dir(tree: Any, study: StudyConfig) -> Any:

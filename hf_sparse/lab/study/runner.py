@@ -211,12 +211,13 @@ def prepare(step: PrepareConfig, log_dir: Path, log: Callable[[str], None], time
         error = prepare(step.needs, log_dir / "needs", log, timeout_s)
         if error is not None:
             return error
-    words = shlex.split(step.command)
+    command = step.resolved_command()
+    words = shlex.split(command)
     if words and words[0] == "python":
         words[0] = sys.executable
     elif words and words[0] == "hf-sparse":  # the console script of this interpreter's install
         words[:1] = [sys.executable, "-m", "hf_sparse.cli"]
-    log(f"prepare: {step.command} (makes {step.creates})")
+    log(f"prepare: {command} (makes {step.creates})")
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     try:

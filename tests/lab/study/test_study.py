@@ -277,8 +277,9 @@ def test_prepare_runs_once_and_report_judgements(tmp_path):
 
 def test_prepare_runs_what_it_needs_first_and_only_when_missing(tmp_path):
     """A prepare step's ``needs`` step (e.g. stage 0a, whose model stage 0b starts from) runs before it, once, with
-    "{study_dir}" filled in at every level; nothing runs when the last step's path exists; a failing ``needs``
-    fails the runs with its own error; a ``needs`` without ``creates`` is a one-line ConfigError."""
+    "{study_dir}" filled in at every level and "{needs}" in the command naming what the needs step creates; nothing
+    runs when the last step's path exists; a failing ``needs`` fails the runs with its own error; a ``needs``
+    without ``creates``, or "{needs}" without a ``needs`` step, is a one-line ConfigError."""
     data = _micro(tmp_path / "study")
     local = data["entries"]["image-local"]
     local["sweep"] = {"sparse.options.window": [1, 2]}
@@ -287,7 +288,7 @@ def test_prepare_runs_what_it_needs_first_and_only_when_missing(tmp_path):
     local["prepare"] = {"command": write.format(read=str(tmp_path), made="{study_dir}/b"), "creates": "{study_dir}/b",
                         "needs": {"command": write.format(read=str(tmp_path), made="{study_dir}/a"),
                                   "creates": "{study_dir}/a"}}
-    local["prepare"]["command"] = write.format(read=str(first), made="{study_dir}/b")
+    local["prepare"]["command"] = write.format(read="{needs}", made="{study_dir}/b")  # it asserts `first` exists
     data["entries"] = {"image-local": local}
     study = StudyConfig.from_dict(data)
     assert expand(study)[0].prepare.needs.creates == str(first)
@@ -296,6 +297,7 @@ def test_prepare_runs_what_it_needs_first_and_only_when_missing(tmp_path):
     results = run_study(study, expand(study), launcher=_fake_launcher(values), log=lines.append)
     assert [r.status for r in results] == ["ok", "ok"]
     assert [line.split(" (makes ")[1] for line in lines if line.startswith("prepare:")] == [f"{first})", f"{first.parent / 'b'})"]
+    assert f"os.path.exists({str(first)!r})" in [line for line in lines if line.startswith("prepare:")][1]
     first.unlink()  # the last step's path exists: its needs is not rebuilt
     lines.clear()
     run_study(study, expand(study), launcher=_fake_launcher(values), log=lines.append)
@@ -307,6 +309,9 @@ def test_prepare_runs_what_it_needs_first_and_only_when_missing(tmp_path):
     assert [r.error for r in results] == ["prepare command failed: no synopsis model"] * 2
     local["prepare"]["needs"] = {"command": "python -c pass"}
     with pytest.raises(ConfigError, match=r"study key 'entries.image-local.prepare.needs' needs both 'command' and"):
+        StudyConfig.from_dict(data)
+    local["prepare"].pop("needs")
+    with pytest.raises(ConfigError, match=r"'entries.image-local.prepare.command' uses \{needs\} but the step has no"):
         StudyConfig.from_dict(data)
 
 

@@ -316,7 +316,8 @@ def test_seq2seq_config_expands_and_chains_its_stage0_steps(capsys, monkeypatch)
     translator = {r.prepare.creates for r in translation}
     assert len(stage0b) == len(stage0a) == len(translator) == 1
     assert all(Path(p).parents[2] == study.root for p in stage0b | stage0a | translator)
-    assert all(f"--model.name_or_path {next(iter(stage0a))}" in r.prepare.command for r in (runs[0], translation[0]))
+    assert all(f"--model.name_or_path {next(iter(stage0a))}" in r.prepare.resolved_command()
+               for r in (runs[0], translation[0]))
     configs = {r.name: runner.resolve(study, r) for r in summarization}
     assert {c["model"]["name_or_path"] for c in configs.values()} == stage0b
     assert {c["data"]["source"] for c in configs.values()} == {"offline:manpages"}
