@@ -22,6 +22,7 @@ A study YAML (see configs/study/default.yaml)::
         # prepare.needs: another {command, creates} step, run first (and only) when this one's path is missing;
         #   "{needs}" in a prepare command names what its needs step creates (e.g. the model it starts from)
         # "{study_dir}" in overrides or prepare names this study's folder (e.g. a model the prepare step trains)
+        # "{prepared}" in overrides names what the entry's prepare step creates (e.g. model.name_or_path)
         enabled: true
 
 Overrides and sweeps may be written nested (``{train: {epochs: 1}}``) or with dotted keys
@@ -217,8 +218,8 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
             overrides = _merge(study.common_overrides, study.task_overrides.get(entry.task) or {})
             overrides = _merge(_merge(overrides, entry.overrides), unflatten(point))
             prepare = entry.prepare and PrepareConfig(**fill_study_dir(dataclasses.asdict(entry.prepare), study))
-            runs.append(PlannedRun(name, entry_name, entry.task, entry.config, fill_study_dir(overrides, study),
-                                   point, prepare, entry.role))
+            overrides = fill_prepared(fill_study_dir(overrides, study), prepare, f"study run {name!r}")
+            runs.append(PlannedRun(name, entry_name, entry.task, entry.config, overrides, point, prepare, entry.role))
     seen: set[str] = set()
     for run in runs:
         if run.name in seen:
@@ -233,6 +234,26 @@ STUDY_DIR = "{study_dir}"
 
 #: Written in a ``prepare`` command, this names the path its ``needs`` step creates (:class:`PrepareConfig`).
 NEEDS = "{needs}"
+
+
+#: Written in an override (common, per task or per entry), this names the path the run's ``prepare`` step creates,
+#: so a model that step trains has one home: its ``creates``.
+PREPARED = "{prepared}"
+
+
+def fill_prepared(tree: Any, prepare: PrepareConfig | None, where: str) -> Any:
+    """``tree`` with :data:`PREPARED` in every string replaced by what ``prepare`` creates; raises
+    :class:`ConfigError` naming ``where`` when a string uses it and there is no ``prepare`` step."""
+
+    def change(text: str) -> str:
+        if PREPARED not in text:
+            return text
+        if prepare is None:
+            raise ConfigError(f"{where} uses {PREPARED} in an override but its entry has no 'prepare': add the step "
+                              "that creates it, or write the path")
+        return text.replace(PREPARED, prepare.creates)
+
+    return _map_strings(tree, change)
 
 
 def fill_study_dir(tree: Any, study: StudyConfig) -> Any:

@@ -348,6 +348,24 @@ def test_study_dir_placeholder_names_the_study_folder(tmp_path):
     assert study.entries["image-local"].prepare.creates == "{study_dir}/stage0/model"  # the config itself is unchanged
 
 
+def test_prepared_placeholder_names_what_the_runs_prepare_step_creates(tmp_path):
+    """"{prepared}" in a task's or an entry's overrides becomes the path the run's prepare step creates (with
+    "{study_dir}" filled in), per run; an entry without a prepare step that uses it is a one-line ConfigError."""
+    data = _micro(tmp_path / "study")
+    local = data["entries"]["image-local"]
+    local["prepare"] = {"command": "python make.py", "creates": "{study_dir}/stage0/model"}
+    data["task_overrides"] = {"image": {"model": {"name_or_path": "{prepared}"}}}
+    study = StudyConfig.from_dict(data)
+    with pytest.raises(ConfigError, match=r"^study run 'image-dense' uses \{prepared\} in an override but its entry "
+                                          r"has no 'prepare'"):
+        expand(study)
+    data["entries"] = {"image-local": local}
+    study = StudyConfig.from_dict(data)
+    runs = expand(study)
+    assert runs and {run.overrides["model"]["name_or_path"] for run in runs} == {f"{tmp_path / 'study'}/stage0/model"}
+    assert study.task_overrides["image"]["model"]["name_or_path"] == "{prepared}"  # the config itself is unchanged
+
+
 def test_reference_matches_runs_that_start_from_their_own_study_folder(tmp_path):
     """A run whose model is trained inside its study ("{study_dir}/stage0/...") has the same config as the
     reference study's run of the same settings, although the two folders differ; another setting still differs."""
