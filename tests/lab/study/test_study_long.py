@@ -295,9 +295,10 @@ def test_default_and_quick_configs_expand_and_validate(name, count, capsys, monk
 
 def test_seq2seq_config_expands_and_chains_its_stage0_steps(capsys, monkeypatch):
     """configs/study/seq2seq.yaml: 8 summarization rows on full-length man pages (but the one truncated row), all
-    starting from stage 0b, whose prepare step needs stage 0a first; 5 translation rows on package synopses, all
-    starting from the stage-0 translator, which needs the same stage 0a; every stage 0 inside the study folder;
-    sparse rows patch the encoder only, but the one that windows the decoder too."""
+    starting from stage 0c (whole pages), whose prepare step needs stage 0b (pages' first 512 tokens), which needs
+    stage 0a; 5 translation rows on package synopses, all starting from the stage-0 translator, which needs the
+    same stage 0a; every stage 0 inside the study folder; sparse rows patch the encoder only, but the one that
+    windows the decoder too."""
     monkeypatch.chdir(ROOT)
     assert study_script.main(["--config", "configs/study/seq2seq.yaml", "--list"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "13 runs, 0 invalid"
@@ -311,15 +312,17 @@ def test_seq2seq_config_expands_and_chains_its_stage0_steps(capsys, monkeypatch)
     assert [r.name for r in runs if r.role == "dense_truncated"] == ["summarization-long-dense-512"]
     assert [r.name for r in runs if r.role == "dense"] == [
         "summarization-long-dense-nodrop", "summarization-long-dense", "translation-dense"]
-    stage0b = {r.prepare.creates for r in summarization}
-    stage0a = {r.prepare.needs.creates for r in runs}
+    stage0c = {r.prepare.creates for r in summarization}
+    stage0b = {r.prepare.needs.creates for r in summarization}
+    stage0a = {r.prepare.needs.needs.creates for r in summarization} | {r.prepare.needs.creates for r in translation}
     translator = {r.prepare.creates for r in translation}
-    assert len(stage0b) == len(stage0a) == len(translator) == 1
-    assert all(Path(p).parents[2] == study.root for p in stage0b | stage0a | translator)
-    assert all(f"--model.name_or_path {next(iter(stage0a))}" in r.prepare.resolved_command()
-               for r in (runs[0], translation[0]))
+    assert len(stage0c) == len(stage0b) == len(stage0a) == len(translator) == 1
+    assert all(Path(p).parents[2] == study.root for p in stage0c | stage0b | stage0a | translator)
+    assert f"--model.name_or_path {next(iter(stage0b))}" in runs[0].prepare.resolved_command()
+    assert all(f"--model.name_or_path {next(iter(stage0a))}" in step.resolved_command()
+               for step in (runs[0].prepare.needs, translation[0].prepare))
     configs = {r.name: runner.resolve(study, r) for r in summarization}
-    assert {c["model"]["name_or_path"] for c in configs.values()} == stage0b
+    assert {c["model"]["name_or_path"] for c in configs.values()} == stage0c
     assert {c["data"]["source"] for c in configs.values()} == {"offline:manpages"}
     assert {name: c["data"]["max_length"] for name, c in configs.items() if c["data"]["max_length"] != 4096} == {
         "summarization-long-dense-512": 512}
