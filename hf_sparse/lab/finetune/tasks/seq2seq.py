@@ -177,7 +177,8 @@ class Seq2SeqTask(Task):
         """One evaluation batch: the target loss, the ``[B, T]`` generated token ids (prompt / start token
         removed) and the seconds generation took. An encoder-decoder encodes each source once: the encoder's
         output feeds both the loss forward and ``generate``, and generation's seconds include that encoder pass
-        (what a user's ``generate`` call costs). ``model`` may be wrapped (DDP); ``generator`` is the same model unwrapped."""
+        (what a user's ``generate`` call costs). ``model`` may be wrapped (DDP); ``generator`` is the same model
+        unwrapped."""
         options = {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens, "do_sample": False}
         if self.decoder_only:
             loss = model(**self.model_inputs(batch)).loss
